@@ -1,0 +1,138 @@
+"""The `ablate` command line. Each subcommand parses its arguments and calls one module.
+
+Exit status: 0 success; 1 a run failed (for example a non-finite loss); 2 bad input (one line on
+stderr naming what is wrong and what is allowed, nothing written to the stores); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from harness.errors import UsageError
+
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run, logged to MLflow")
+    p.add_argument("--config", help="YAML config (sections data, model, optim, schedule, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one dotted key, e.g. --set model.dropout=0.2 (repeatable)")
+    p.add_argument("--experiment", default="train", help="MLflow experiment (default: train)")
+    p.add_argument("--arm", help="label this run (tag harness.arm) to group runs in a report")
+    p.add_argument("--name", help="MLflow run name")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.config import load_config, parse_set_args
+    from harness.run import resume_tracked, run_tracked
+    from harness.tracking import experiment_id, init_store
+    from harness.train import Interrupted, NonFiniteLoss
+
+    if args.resume and (args.config or args.overrides):
+        raise UsageError("--resume takes the config from the checkpoint; drop --config and --set")
+    cfg = None if args.resume else load_config(args.config, parse_set_args(args.overrides))
+    client = init_store()
+    try:
+        if args.resume:
+            outcome = resume_tracked(client, args.resume, progress=not args.quiet)
+            experiment = client.get_experiment(client.get_run(args.resume).info.experiment_id).name
+        else:
+            tags = {"harness.arm": args.arm} if args.arm else {}
+            outcome = run_tracked(cfg, client, args.experiment, run_name=args.name, tags=tags,
+                                  progress=not args.quiet)
+            experiment = args.experiment
+    except NonFiniteLoss as exc:
+        print(f"ablate: run failed: {exc}", file=sys.stderr)
+        return 1
+    except Interrupted:
+        print("ablate: interrupted; the run is KILLED with a resumable checkpoint "
+              "(see its harness.reason tag)", file=sys.stderr)
+        return 130
+    s = outcome.result.summary
+    exp_id = experiment_id(client, experiment)
+    print(f"run {outcome.run_id} {outcome.status} (experiment {experiment!r})")
+    print(f"  best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch:g}; gap at best {s.gap_at_best:.4f}; "
+          f"final gap {s.final_gap:.4f}; {s.wall_s:.1f} s, {s.n_params:,} parameters")
+    print(f"  open it: ablate ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/{exp_id}/runs/{outcome.run_id}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare and describe a corpus")
+    p.add_argument("--corpus", help="shakespeare (default), tinyshakespeare, or file:PATH")
+    p.add_argument("--config", help="take data.* from this config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from harness.config import load_config, parse_set_args
+    from harness.train import prepare_data
+
+    overrides = parse_set_args(args.overrides)
+    if args.corpus:
+        overrides["data.corpus"] = args.corpus
+    cfg = load_config(args.config, overrides)
+    data = prepare_data(cfg)
+    c = data.corpus
+    n_train_full = int(len(c.text) * (1 - cfg.data.val_fraction))
+    print(f"corpus      {c.name}")
+    print(f"characters  {len(c.text):,}")
+    print(f"vocabulary  {len(data.vocab)} characters")
+    print(f"train       {len(data.train):,} characters (of {n_train_full:,}; data.train_chars="
+          f"{cfg.data.train_chars})")
+    print(f"val         {len(data.val):,} characters")
+    print(f"block size  {cfg.data.block_size}")
+    print(f"sha256      {c.sha256}")
+    return 0
+
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="the MLflow UI on this project's store")
+    p.add_argument("--host", default=UI_HOST, help=f"bind address (default {UI_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=UI_PORT)
+    p.add_argument("--optuna", action="store_true",
+                   help="also start optuna-dashboard on the study storage (port + 1)")
+    p.add_argument("--storage", help="Optuna storage for --optuna (default: the project's journal)")
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness.ui import serve
+
+    return serve(args.host, args.port, optuna=args.optuna, storage=args.storage)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_data, _add_ui]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate", description="Ablation studies of regularization in a character Transformer LM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"ablate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ablate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

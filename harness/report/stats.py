@@ -1,0 +1,215 @@
+"""The numbers of a report: per-arm summaries and paired comparisons against the baseline.
+
+Conventions:
+- 95% confidence intervals are t-based: mean +- t(0.975, n-1) * sd / sqrt(n), sd with ddof=1.
+- Paired comparisons pair runs that share a seed (arms sharing a seed share init, data order
+  and augmentation). Several runs of one arm with the same seed are averaged first.
+  The difference is arm - baseline.
+- P(better) is the posterior probability that the arm beats the baseline on the metric: under
+  the reference prior, the mean paired difference has a Student t posterior with n-1 degrees
+  of freedom, centred on the observed mean difference with scale sd/sqrt(n). For a metric
+  where lower is better (losses, gaps, wall time) it is P(difference < 0) = t.cdf(0, ...).
+- p-values of the paired t-tests are Holm-adjusted across the arms compared in one report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+
+ARM_METRICS = ("best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset", "wall_s")
+"""The summary metrics tabulated per arm."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    noun: str
+    unit: str
+    lower_is_better: bool
+    better: str
+    """Verb for a change in the good direction ("shrank"); `worse` for the other."""
+    worse: str
+
+
+METRICS: dict[str, MetricInfo] = {
+    "best_val_loss": MetricInfo("best validation loss", "nats", True, "lowered", "raised"),
+    "gap_at_best": MetricInfo("gap at the best epoch", "nats", True, "shrank", "widened"),
+    "final_gap": MetricInfo("final gap", "nats", True, "shrank", "widened"),
+    "max_gap": MetricInfo("maximum gap", "nats", True, "shrank", "widened"),
+    "final_val_loss": MetricInfo("final validation loss", "nats", True, "lowered", "raised"),
+    # A later onset means overfitting started later: higher is better.
+    "overfit_onset": MetricInfo("overfitting onset", "", False, "delayed", "brought forward"),
+    "wall_s": MetricInfo("wall time", "s", True, "cut", "lengthened"),
+}
+"""Metrics a comparison can be made on (--metric), with the words a verdict uses."""
+
+
+def describe(values: np.ndarray | pd.Series) -> dict[str, float]:
+    """n, mean, std, ci_low, ci_high of the non-missing values (std and CI need n >= 2)."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
+    n = len(x)
+    out = {"n": n, "mean": np.nan, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if n == 0:
+        return out
+    out["mean"] = float(x.mean())
+    if n >= 2:
+        out["std"] = float(x.std(ddof=1))
+        out["ci_low"], out["ci_high"] = _t_interval(out["mean"], out["std"] / np.sqrt(n), n - 1)
+    return out
+
+
+def _t_interval(mean: float, se: float, df: int) -> tuple[float, float]:
+    if se == 0:
+        return mean, mean
+    low, high = stats.t.interval(CONFIDENCE, df, loc=mean, scale=se)
+    return float(low), float(high)
+
+
+def arm_table(runs: pd.DataFrame, order: list[str], metrics: tuple[str, ...] = ARM_METRICS) -> pd.DataFrame:
+    """One row per (arm, metric) in `order`: arm, metric, n, mean, std, ci_low, ci_high.
+
+    `runs` has an ``arm`` column and one column per metric; an absent metric column counts as
+    all missing (n = 0).
+    """
+    rows = []
+    groups = {arm: frame for arm, frame in runs.groupby("arm", sort=False)}
+    for arm in order:
+        frame = groups[arm]
+        for metric in metrics:
+            values = frame[metric] if metric in frame else pd.Series(dtype=float)
+            rows.append({"arm": arm, "metric": metric, **describe(values)})
+    return pd.DataFrame(rows, columns=["arm", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison of one arm against the baseline on one metric (arm - baseline)."""
+
+    n: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    t_p: float
+    wilcoxon_p: float
+    p_better: float
+    n_better: int
+
+
+def paired(arm: pd.Series, baseline: pd.Series, lower_is_better: bool = True) -> Paired:
+    """Compare two series indexed by seed on the seeds both have.
+
+    n = 1 gives the difference only (no CI, no test, no P(better)). The t-test is
+    scipy.stats.ttest_rel; the Wilcoxon signed-rank test needs a non-zero difference.
+    """
+    both = pd.concat({"arm": arm, "base": baseline}, axis=1).dropna()
+    a = both["arm"].to_numpy(float)
+    b = both["base"].to_numpy(float)
+    d = a - b
+    n = len(d)
+    sign = -1.0 if lower_is_better else 1.0
+    n_better = int(np.sum(sign * d > 0))
+    if n == 0:
+        return Paired(0, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, 0)
+    mean = float(d.mean())
+    if n == 1:
+        return Paired(1, mean, np.nan, np.nan, np.nan, np.nan, np.nan, n_better)
+    se = float(d.std(ddof=1) / np.sqrt(n))
+    low, high = _t_interval(mean, se, n - 1)
+    if se == 0:
+        # Every seed moved by the same amount: t is undefined, the direction is certain.
+        t_p, p_better = np.nan, float(np.sign(sign * mean) / 2 + 0.5)
+    else:
+        t_p = float(stats.ttest_rel(a, b).pvalue)
+        p_better = float(stats.t.cdf(0.0, n - 1, loc=sign * -mean, scale=se))
+    return Paired(n, mean, low, high, t_p, _wilcoxon(d), p_better, n_better)
+
+
+def _wilcoxon(d: np.ndarray) -> float:
+    if not np.any(d != 0):
+        return np.nan
+    with warnings.catch_warnings():
+        # Small n: scipy warns that the normal approximation is poor when ties force it.
+        warnings.simplefilter("ignore", UserWarning)
+        return float(stats.wilcoxon(d).pvalue)
+
+
+def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
+    """Holm's step-down adjustment; NaN entries are not tests and stay NaN.
+
+    Sorted ascending, the i-th of m p-values (i from 0) becomes (m - i) * p, made
+    non-decreasing by a running maximum and capped at 1; results return in input order.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = len(valid)
+    if m == 0:
+        return out
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def seed_means(runs: pd.DataFrame, arm: str, metric: str) -> pd.Series:
+    """The metric of one arm per seed (runs sharing a seed averaged); runs without a seed dropped."""
+    frame = runs[(runs["arm"] == arm) & runs["seed"].notna()]
+    if metric not in frame:
+        return pd.Series(dtype=float)
+    return pd.to_numeric(frame[metric], errors="coerce").groupby(frame["seed"]).mean()
+
+
+def compare(runs: pd.DataFrame, order: list[str], baseline: str, metric: str) -> pd.DataFrame:
+    """Every arm but the baseline against it on `metric`, in `order`.
+
+    Columns: arm, n (paired seeds), mean_diff, ci_low, ci_high, t_p, wilcoxon_p, p_holm,
+    p_better, n_better.
+    """
+    lower = METRICS[metric].lower_is_better
+    base = seed_means(runs, baseline, metric)
+    rows = [{"arm": arm, **paired(seed_means(runs, arm, metric), base, lower).__dict__}
+            for arm in order if arm != baseline]
+    table = pd.DataFrame(rows, columns=["arm", "n", "mean_diff", "ci_low", "ci_high", "t_p",
+                                        "wilcoxon_p", "p_better", "n_better"])
+    table.insert(table.columns.get_loc("wilcoxon_p") + 1, "p_holm", holm(table["t_p"].to_numpy()))
+    return table
+
+
+def curve_bands(history: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean and 95% t-band of `metric` over the runs of each arm at each evaluation step.
+
+    `history` has columns arm, step, epoch (optional) and `metric`. Returns arm, step, x
+    (mean epoch, or the step when there is no epoch), n, mean, low, high; the band is the
+    mean where n = 1.
+    """
+    x_col = "epoch" if "epoch" in history else "step"
+    frame = history[["arm", "step", x_col, metric]].dropna(subset=[metric])
+    g = frame.groupby(["arm", "step"], sort=True)
+    out = g.agg(x=(x_col, "mean"), n=(metric, "size"), mean=(metric, "mean"), sd=(metric, "std")).reset_index()
+    n = out["n"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(n - 1, 1)) * out["sd"].to_numpy(float) / np.sqrt(n)
+    half = np.where(n >= 2, np.nan_to_num(half), 0.0)
+    out["low"] = out["mean"] - half
+    out["high"] = out["mean"] + half
+    return out.drop(columns="sd")
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both x and y (both minimised), by x."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    idx = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
+    idx = idx[np.lexsort((y[idx], x[idx]))]
+    front, best_y = [], np.inf
+    for i in idx:
+        if y[i] < best_y:
+            front.append(i)
+            best_y = y[i]
+    return np.asarray(front, dtype=int)

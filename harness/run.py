@@ -1,0 +1,113 @@
+"""One tracked training run: validate, open the MLflow run, train, record, close with a status.
+
+Used by `ablate train`, by ablation cells and by search trials, so every run is logged the same
+way (docs/tracking.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+from mlflow.tracking import MlflowClient
+
+from harness.checkpoint import load_checkpoint
+from harness.config import Config
+from harness.curves import learning_curves
+from harness.data import Dataset
+from harness.errors import UsageError
+from harness.metrics import Evaluation
+from harness.tracking import RunTracker, local_artifact_dir, save_checkpoint_artifact
+from harness.train import Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, prepare_data, train
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    """FINISHED, or KILLED when `should_stop` ended it early (pruned)."""
+    result: TrainResult
+
+
+def preflight(cfg: Config) -> Dataset:
+    """Everything that can reject the config, done before a run exists in the store."""
+    data = prepare_data(cfg)
+    build_model(cfg, len(data.vocab))  # shape and transfer errors surface here
+    return data
+
+
+def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name: str | None = None,
+                tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
+                should_stop: Callable[[Evaluation], str | None] | None = None,
+                on_start: Callable[[str], None] | None = None,
+                progress: bool = False, dataset: Dataset | None = None) -> RunOutcome:
+    """Train `cfg` as one MLflow run. Re-raises training errors after closing the run FAILED.
+
+    `on_start(run_id)` is called once the run exists (a trial records its run id there).
+    """
+    data = dataset or preflight(cfg)
+    run_tags = {"harness.config_hash": cfg.hash(), "harness.seed": cfg.train.seed, **(tags or {})}
+    tracker = RunTracker.start(client, experiment, run_name, run_tags, cfg.flat(), parent_run_id)
+    tracker.log_config(cfg.to_dict())
+    if on_start:
+        on_start(tracker.run_id)
+    return _train_and_close(cfg, tracker, data, should_stop, progress, resume=None)
+
+
+def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) -> RunOutcome:
+    """Continue an interrupted run from its `checkpoint/last.pt`, logging into the same run."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UsageError(f"--resume {run_id!r}: no such MLflow run in this store") from None
+    folder = local_artifact_dir(client, run_id)
+    path = (folder / "checkpoint" / "last.pt") if folder else None
+    if path is None or not path.exists():
+        raise UsageError(f"--resume {run_id!r}: the run has no checkpoint/last.pt "
+                         f"(status {run.info.status}); only interrupted or checkpointed runs resume")
+    state = load_checkpoint(path)
+    from harness.config import build_config
+
+    cfg = build_config(state["config"])
+    data = preflight(cfg)
+    tracker = RunTracker.resume(client, run_id)
+    return _train_and_close(cfg, tracker, data, None, progress, resume=state)
+
+
+def _train_and_close(cfg: Config, tracker: RunTracker, data: Dataset,
+                     should_stop: Callable[[Evaluation], str | None] | None, progress: bool,
+                     resume: dict[str, Any] | None) -> RunOutcome:
+    hooks = Hooks(on_eval=tracker.log_eval, should_stop=should_stop)
+    try:
+        result = train(cfg, hooks, resume=resume, progress=progress, dataset=data)
+    except Interrupted as stop:
+        if stop.checkpoint is not None:
+            save_checkpoint_artifact(tracker, stop.checkpoint)
+            step = stop.checkpoint["progress"]["step"]
+            reason = (f"interrupted (Ctrl-C); resumable from step {step}: "
+                      f"ablate train --resume {tracker.run_id}")
+        else:
+            reason = "interrupted (Ctrl-C) before the first evaluation; nothing to resume"
+        tracker.finish("KILLED", reason=reason)
+        raise
+    except NonFiniteLoss as exc:
+        tracker.finish("FAILED", reason=str(exc), error=str(exc))
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+    tracker.log_summary(result.summary, result.history)
+    fig = learning_curves(result.history, title=f"run {tracker.run_id[:8]}")
+    tracker.log_figure(fig, "curves.png")
+    plt.close(fig)
+    if result.samples:
+        tracker.log_text("\n\n----\n\n".join(result.samples), "samples.txt")
+    if cfg.train.save_checkpoint and result.checkpoint is not None:
+        save_checkpoint_artifact(tracker, result.checkpoint)
+    if result.stopped:
+        tracker.finish("KILLED", reason=result.stopped)
+        return RunOutcome(tracker.run_id, "KILLED", result)
+    tracker.finish("FINISHED")
+    return RunOutcome(tracker.run_id, "FINISHED", result)

@@ -1,0 +1,197 @@
+"""MLflow: the store under mlruns/, experiments, and one run's params, metrics, tags and artifacts.
+
+The layout is documented in docs/tracking.md; reports and `ablate status` rely on it.
+Metrics of one evaluation go out in one `log_batch` call, asynchronously, so logging never waits
+on the database inside the training loop; `finish` waits for them before closing the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness.errors import UsageError
+from harness.metrics import Evaluation, Summary, history_columns
+from harness.paths import mlruns_dir, project_root
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
+def init_store() -> MlflowClient:
+    """Point MLflow at the project's store and create its database once.
+
+    Called by drivers before any worker starts: MLflow migrates a new SQLite database on first
+    use, and two processes doing that at once race.
+    """
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise UsageError(f"MLflow tracking store {redact(uri)!r} does not answer: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return client
+
+
+def redact(url: str) -> str:
+    """A URL without its password, for logs and tags."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:///"):
+        location = (mlruns_dir() / "artifacts" / _safe(name)).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunTracker:
+    """One MLflow run of one training: open it, stream evaluations, close it with a status."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._pending: list[Any] = []
+
+    @classmethod
+    def start(cls, client: MlflowClient, experiment: str, run_name: str | None,
+              tags: dict[str, str], params: dict[str, Any] | None = None,
+              parent_run_id: str | None = None) -> "RunTracker":
+        all_tags = {"harness.kind": "run", **tags}
+        commit = git_commit()
+        if commit:
+            all_tags.setdefault("harness.git_commit", commit)
+            all_tags.setdefault("mlflow.source.git.commit", commit)
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id(client, experiment), run_name=run_name,
+                                tags={k: str(v) for k, v in all_tags.items()})
+        tracker = cls(client, run.info.run_id)
+        if params:
+            tracker.log_params(params)
+        return tracker
+
+    @classmethod
+    def resume(cls, client: MlflowClient, run_id: str) -> "RunTracker":
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_eval(self, ev: Evaluation) -> None:
+        """All metrics of one evaluation in one asynchronous call."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, ev.step) for k, v in ev.metrics().items()]
+        self._pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def flush(self) -> None:
+        for op in self._pending:
+            if op is not None:
+                op.wait()
+        self._pending.clear()
+
+    def log_summary(self, summary: Summary, history: list[Evaluation]) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0)
+                                                    for k, v in summary.metrics().items()])
+        self.log_text(json.dumps(history_columns(history)), "history.json")
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        self.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None, error: str | None = None) -> None:
+        self.flush()
+        tags = {}
+        if reason:
+            tags["harness.reason"] = reason
+        if error:
+            tags["harness.error"] = error
+        if tags:
+            self.set_tags(tags)
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
+    """The run's artifact folder when it is on this machine's disk, else None."""
+    uri = client.get_run(run_id).info.artifact_uri
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def save_checkpoint_artifact(tracker: RunTracker, state: dict[str, Any]) -> None:
+    from harness.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "last.pt"
+        save_checkpoint(state, path)
+        tracker.log_file(path, "checkpoint")
+

@@ -1,0 +1,47 @@
+"""`ablate ui`: the MLflow UI (and optionally optuna-dashboard) on this project's stores."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+
+from harness.errors import UsageError
+from harness.tracking import init_store, redact, tracking_uri
+
+
+def mlflow_ui_command(host: str, port: int) -> list[str]:
+    """The stock command; the README shows the same with the default store spelled out."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
+            "--host", host, "--port", str(port)]
+
+
+def dashboard_command(storage: str, host: str, port: int) -> list[str]:
+    exe = shutil.which("optuna-dashboard")
+    if importlib.util.find_spec("optuna_dashboard") is None or exe is None:
+        raise UsageError("--optuna needs optuna-dashboard: pip install 'ablate[dashboard]' "
+                         "(or pip install optuna-dashboard)")
+    return [exe, storage, "--host", host, "--port", str(port)]
+
+
+def serve(host: str, port: int, optuna: bool = False, storage: str | None = None) -> int:
+    """Run the UI(s) in the foreground until Ctrl-C."""
+    from harness.storage import dashboard_storage, default_storage
+
+    init_store()  # a fresh project gets its database before the server opens it
+    commands = [mlflow_ui_command(host, port)]
+    if optuna:
+        commands.append(dashboard_command(dashboard_storage(storage or default_storage()), host, port + 1))
+    print(f"MLflow UI: http://{host}:{port}  (store {redact(tracking_uri())})", flush=True)
+    if optuna:
+        print(f"optuna-dashboard: http://{host}:{port + 1}", flush=True)
+    procs = [subprocess.Popen(cmd) for cmd in commands]
+    try:
+        return max(p.wait() for p in procs)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        return 0
