@@ -7,6 +7,7 @@ stderr naming what is wrong and what is allowed, nothing written to the stores);
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -30,13 +31,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import load_config, parse_set_args
-    from harness.run import resume_tracked, run_tracked
+    from harness.run import preflight, resume_tracked, run_tracked
     from harness.tracking import experiment_id, init_store
     from harness.train import Interrupted, NonFiniteLoss
 
     if args.resume and (args.config or args.overrides):
         raise UsageError("--resume takes the config from the checkpoint; drop --config and --set")
     cfg = None if args.resume else load_config(args.config, parse_set_args(args.overrides))
+    data = None if cfg is None else preflight(cfg)  # bad input stops before the store is touched
     client = init_store()
     try:
         if args.resume:
@@ -45,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             tags = {"harness.arm": args.arm} if args.arm else {}
             outcome = run_tracked(cfg, client, args.experiment, run_name=args.name, tags=tags,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, dataset=data)
             experiment = args.experiment
     except NonFiniteLoss as exc:
         print(f"ablate: run failed: {exc}", file=sys.stderr)
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow announces its database migrations at INFO; a user's terminal needs warnings only.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -259,6 +259,9 @@ def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] |
                  where: str = "") -> Config:
     """Validate a nested dict (plus dotted overrides) into a Config, or raise one UsageError."""
     tree = apply_overrides(tree or {}, overrides or {})
+    if isinstance(tree.get("schedule"), dict):
+        # The scheduler's keys depend on its name; a schedule given without one is the default's.
+        tree["schedule"].setdefault("name", ConstantSchedule().name)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -111,10 +111,14 @@ def _exclusion(run: pd.Series) -> str | None:
 
 def _excluded_table(runs: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
     table = runs[["run_id", "run_name", "status", "kind", "arm"]].copy()
-    table["category"] = np.where(table["kind"] == "run", table["status"],
-                                 "harness.kind=" + table["kind"].replace("", "(none)"))
+    is_run = table["kind"] == "run"
+    # Only a training run has an arm; for the others show their harness.arm tag, if any.
+    table["arm"] = table["arm"].where(is_run, _column(runs, "tags.harness.arm").fillna(""))
+    table["category"] = np.where(is_run, table["status"], "harness.kind=" + table["kind"].replace("", "(none)"))
     table["reason"] = reasons
-    return table.sort_values(["category", "arm", "run_name", "run_id"], key=_sort_text).reset_index(drop=True)
+    table["_other"] = ~is_run
+    return (table.sort_values(["_other", "category", "arm", "run_name", "run_id"], key=_sort_text)
+            .drop(columns="_other").reset_index(drop=True))
 
 
 def _sort_text(column: pd.Series) -> pd.Series:

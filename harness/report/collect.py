@@ -72,11 +72,11 @@ def load_study(name: str, tracking_uri: str | None = None) -> StudyData:
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
         listing = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") if known else "none"
-        raise UsageError(f"no study named {name!r} in the MLflow store {_safe_uri(uri)}; "
+        raise UsageError(f"no study named {name!r} in the MLflow store {safe_uri(uri)}; "
                          f"studies there: {listing}")
     rows = [_row(run) for run in _all_runs(client, experiment.experiment_id)]
     if not rows:
-        raise UsageError(f"study {name!r} has no runs in the MLflow store {_safe_uri(uri)}")
+        raise UsageError(f"study {name!r} has no runs in the MLflow store {safe_uri(uri)}")
     return StudyData(name=name, experiment_id=experiment.experiment_id, tracking_uri=uri,
                      runs=pd.DataFrame(rows))
 
@@ -111,7 +111,7 @@ def _row(run: Any) -> dict[str, Any]:
     return row
 
 
-def _safe_uri(uri: str) -> str:
+def safe_uri(uri: str) -> str:
     """The tracking URI without user:password (a server URL may carry them)."""
     parsed = urlparse(uri)
     if parsed.password is None and parsed.username is None:

@@ -21,8 +21,9 @@ def number(x: float) -> str:
 
 
 def p_text(p: float) -> str:
+    """'=0.03', '<0.001' or '=n/a': what follows 'p_holm' in a verdict."""
     if math.isnan(p):
-        return "n/a"
+        return "=n/a"
     return "<0.001" if p < 0.001 else f"={p:.2g}"
 
 

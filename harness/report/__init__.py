@@ -1,0 +1,185 @@
+"""The comparison report of one study: `build_report` reads MLflow and writes reports/NAME/.
+
+Pipeline: collect (MLflow -> pandas) -> arms (what counts, grouping, baseline) -> stats ->
+verdict -> search (Optuna, searches only) -> figures -> render. Each step is its own module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UsageError
+from harness.report import arms as arms_mod
+from harness.report import collect, figures, links, render, search, stats
+from harness.report.verdict import ALPHA, MIN_SEEDS, number, verdict
+
+__all__ = ["ReportResult", "build_report", "default_out_dir"]
+
+TOP_ARMS = 10
+"""Most arms drawn in a figure or listed in verdicts and Markdown tables: the baseline and the
+best by the compared metric. Searches have one arm per trial; hundreds of lines help no one."""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    out_dir: Path
+    index_html: Path
+    report_md: Path
+    runs_csv: Path
+    figures: list[Path]
+    summary_lines: list[str]
+    """Three lines for the CLI: what was read and where the report is; the best arm; the headline verdict."""
+    n_runs: int
+    """Runs analysed (finished training runs)."""
+    n_excluded: int
+    arms: list[str]
+    baseline: str | None
+    arm_stats: pd.DataFrame
+    """stats.arm_table: arm, metric, n, mean, std, ci_low, ci_high."""
+    comparisons: pd.DataFrame
+    """stats.compare plus verdict; empty without a baseline."""
+
+
+def default_out_dir(name: str) -> Path:
+    """reports/<name> under $ABLATE_HOME (or the current directory); the name made path-safe."""
+    safe = re.sub(r"[^\w.=+-]+", "_", name).strip("._") or "study"
+    return Path(os.environ.get("ABLATE_HOME") or ".") / "reports" / safe
+
+
+def build_report(name: str, out_dir: Path | None = None, baseline: str | None = None,
+                 metric: str = "final_gap", ui_url: str = "http://127.0.0.1:5000",
+                 tracking_uri: str | None = None, group_by: str = "harness.arm") -> ReportResult:
+    """Read study `name` from MLflow and write index.html, report.md, runs.csv and figures/.
+
+    `tracking_uri` None means mlflow's current one. `group_by` is the tag (or ``params.KEY``)
+    that names a run's arm. Raises UsageError (one line) for a missing or empty study, a study
+    without finished runs, an unknown metric or a baseline that is no arm. The output is the
+    same for the same runs: arms sort baseline first, then by label; nothing depends on the clock.
+    """
+    if metric not in stats.METRICS:
+        raise UsageError(f"--metric {metric!r} is not a comparable metric; allowed: {', '.join(stats.METRICS)}")
+    study = collect.load_study(name, tracking_uri)
+    study_type = study.parent_tag("harness.study_type")
+    grouped = arms_mod.group_runs(study.runs, study=name, study_type=study_type, group_by=group_by,
+                                  requested_baseline=baseline,
+                                  tagged_baseline=study.parent_tag("harness.baseline_arm"))
+    runs = _in_order(grouped.runs, grouped.order)
+    runs["url"] = [links.run_url(ui_url, study.experiment_id, r) for r in runs["run_id"]]
+    excluded = grouped.excluded.assign(
+        url=[links.run_url(ui_url, study.experiment_id, r) for r in grouped.excluded["run_id"]])
+
+    arm_stats = stats.arm_table(runs, grouped.order)
+    comparisons = _comparisons(runs, grouped, metric)
+    featured = _featured(arm_stats, grouped.order, grouped.baseline, metric)
+
+    history = collect.load_histories(runs[["run_id", "artifact_uri"]], study.tracking_uri)
+    notes = []
+    missing = runs["run_id"].nunique() - (history["run_id"].nunique() if not history.empty else 0)
+    if missing:
+        notes.append(f"{missing} run(s) have no readable history.json; their curves are missing")
+    if not history.empty:
+        history = history.merge(runs[["run_id", "arm"]], on="run_id")
+    search_data, search_note = (None, "only searches have an Optuna study to read")
+    if study_type == "search":
+        search_data, search_note = search.load_search(name, study.parent_tag("harness.storage"),
+                                                      study.parent_tag("harness.objective"))
+        notes.append(search_note)
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    figure_files = figures.write_figures(figures.FigureInput(
+        runs=runs, history=history, arms=featured, baseline=grouped.baseline, metric=metric,
+        arm_stats=arm_stats, study_type=study_type, search=search_data, search_note=search_note),
+        out / "figures")
+
+    parent = study.parent
+    content = render.ReportContent(
+        name=name, study_type=study_type, experiment_id=study.experiment_id,
+        tracking_uri=collect.safe_uri(study.tracking_uri), ui_url=ui_url,
+        parent_run_id=None if parent is None else parent["run_id"], metric=metric, group_by=group_by,
+        baseline=grouped.baseline, baseline_note=grouped.baseline_note, arms=grouped.order,
+        featured=featured, arm_links=_arm_links(runs, study, ui_url),
+        arm_settings=arms_mod.arm_settings(runs, grouped.order, grouped.baseline),
+        arm_stats=arm_stats, comparisons=comparisons, runs=runs, excluded=excluded,
+        excluded_summary=arms_mod.excluded_summary(grouped.excluded), figures=figure_files, notes=notes)
+    paths = out / "index.html", out / "report.md", out / "runs.csv"
+    render.write_html(content, paths[0])
+    render.write_markdown(content, paths[1])
+    render.write_runs_csv(content, paths[2])
+    return ReportResult(
+        out_dir=out, index_html=paths[0], report_md=paths[1], runs_csv=paths[2],
+        figures=[f.path for f in figure_files if f.path],
+        summary_lines=_summary(content, paths[0]), n_runs=len(runs), n_excluded=len(excluded),
+        arms=grouped.order, baseline=grouped.baseline, arm_stats=arm_stats, comparisons=comparisons)
+
+
+def _in_order(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    rank = {arm: i for i, arm in enumerate(order)}
+    keyed = runs.assign(_rank=runs["arm"].map(rank))
+    return keyed.sort_values(["_rank", "seed", "run_id"], na_position="last").drop(columns="_rank").reset_index(drop=True)
+
+
+def _comparisons(runs: pd.DataFrame, grouped: arms_mod.Arms, metric: str) -> pd.DataFrame:
+    if grouped.baseline is None:
+        return pd.DataFrame(columns=["arm", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p",
+                                     "p_holm", "p_better", "n_better", "verdict"])
+    table = stats.compare(runs, grouped.order, grouped.baseline, metric)
+    table["verdict"] = [verdict(row, metric, grouped.baseline) for _, row in table.iterrows()]
+    return table
+
+
+def _ranked(arm_stats: pd.DataFrame, order: list[str], metric: str) -> list[str]:
+    """Arms best first by mean `metric` (arms without a value last; ties keep `order`)."""
+    means = arm_stats[arm_stats["metric"] == metric].set_index("arm")["mean"]
+    sign = 1 if stats.METRICS[metric].lower_is_better else -1
+    rank = {a: i for i, a in enumerate(order)}
+    return sorted(order, key=lambda a: (bool(math.isnan(means[a])), 0 if math.isnan(means[a]) else sign * means[a], rank[a]))
+
+
+def _featured(arm_stats: pd.DataFrame, order: list[str], baseline: str | None, metric: str) -> list[str]:
+    """The baseline and the best arms by mean `metric`, at most TOP_ARMS, kept in `order`."""
+    if len(order) <= TOP_ARMS:
+        return list(order)
+    best = [a for a in _ranked(arm_stats, order, metric) if a != baseline]
+    keep = set(best[: TOP_ARMS - (baseline is not None)]) | {baseline}
+    return [a for a in order if a in keep]
+
+
+def _arm_links(runs: pd.DataFrame, study: collect.StudyData, ui_url: str) -> dict[str, str]:
+    all_runs = study.runs
+    summaries = all_runs[all_runs["kind"] == "arm-summary"]
+    summary_of = {}
+    if "tags.harness.arm" in summaries:
+        summary_of = dict(zip(summaries["tags.harness.arm"], summaries["run_id"]))
+    return {arm: links.arm_url(ui_url, study.experiment_id, list(ids), summary_of.get(arm))
+            for arm, ids in runs.groupby("arm", sort=False)["run_id"]}
+
+
+def _summary(content: render.ReportContent, index_html: Path) -> list[str]:
+    n_arms = len(content.arms)
+    first = (f"{content.name}: {len(content.runs)} runs in {n_arms} arm{'s' * (n_arms != 1)}, "
+             f"{len(content.excluded)} excluded -> {index_html}")
+    best = _ranked(content.arm_stats, content.arms, content.metric)[0]
+    row = content.arm_stats.set_index(["arm", "metric"]).loc[(best, content.metric)]
+    ci = "" if math.isnan(row["ci_low"]) else f" [{number(row['ci_low'])}, {number(row['ci_high'])}]"
+    second = f"best arm by {content.metric}: {best}, mean {number(row['mean'])}{ci} over {int(row['n'])} run(s)"
+    return [first, second, _headline(content)]
+
+
+def _headline(content: render.ReportContent) -> str:
+    """The verdict of the arm with the largest significant improvement, else of the best arm."""
+    table = content.comparisons
+    if content.baseline is None or table.empty:
+        return content.baseline_note
+    sign = 1 if stats.METRICS[content.metric].lower_is_better else -1
+    winners = table[(table["n"] >= MIN_SEEDS) & (table["p_holm"] < ALPHA) & (sign * table["mean_diff"] < 0)]
+    pick = winners if not winners.empty else table.dropna(subset=["mean_diff"])
+    if pick.empty:
+        return f"no arm shares a seed with the baseline {content.baseline}"
+    return pick.loc[(sign * pick["mean_diff"]).idxmin(), "verdict"]

@@ -1,0 +1,301 @@
+"""The report's figures, drawn with seaborn on matplotlib's Agg canvas.
+
+Each figure function returns a matplotlib Figure, or None with the reason it has no data; the
+report lists skipped figures with that reason. Figures are built as ``matplotlib.figure.Figure``
+objects, never through pyplot, so nothing global (current figure, backend) is touched and
+nothing needs closing. Styles are applied through seaborn's context managers for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from harness.report.search import SearchData
+from harness.report.stats import METRICS, curve_bands, pareto_front
+
+DPI = 100
+_NEUTRAL = "#9a9a9a"
+
+
+@dataclass(frozen=True)
+class FigureInput:
+    runs: pd.DataFrame
+    """Included runs: arm, seed, summary metrics, params.*."""
+    history: pd.DataFrame
+    """Per-evaluation rows of the included runs with an ``arm`` column."""
+    arms: list[str]
+    """The arms drawn (baseline first): all of them, or the baseline and the best ones."""
+    baseline: str | None
+    metric: str
+    arm_stats: pd.DataFrame
+    """stats.arm_table for at least `arms` and `metric`."""
+    study_type: str | None
+    search: SearchData | None
+    search_note: str
+
+    @property
+    def colors(self) -> dict[str, tuple[float, float, float]]:
+        return dict(zip(self.arms, sns.color_palette("tab10", max(len(self.arms), 1))))
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    name: str
+    title: str
+    caption: str
+    path: Path | None
+    """The PNG written, or None when the figure was skipped."""
+    skipped: str
+    """Why there is no figure ("" when there is one)."""
+
+
+FigureFn = Callable[[FigureInput], "tuple[Figure | None, str]"]
+
+
+def write_figures(data: FigureInput, folder: Path) -> list[FigureFile]:
+    """Draw every figure that has data into `folder` as NAME.png; removes stale PNGs there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        for name, title, fn in _figures(data):
+            fig, text = fn(data)
+            if fig is None:
+                out.append(FigureFile(name, title, "", None, text))
+                continue
+            path = folder / f"{name}.png"
+            fig.savefig(path, format="png", dpi=DPI)
+            out.append(FigureFile(name, title, text, path, ""))
+    written = {f.path for f in out if f.path}
+    for stale in folder.glob("*.png"):
+        if stale not in written:
+            stale.unlink()
+    return out
+
+
+def _figures(data: FigureInput) -> list[tuple[str, str, FigureFn]]:
+    noun = METRICS[data.metric].noun
+    figures = [
+        ("learning_curves", "Learning curves", learning_curves),
+        ("gap", "Generalization gap over training", gap_curves),
+        (f"{data.metric}_by_arm", f"{noun.capitalize()} per arm", metric_by_arm),
+        ("tradeoff", "Validation loss against gap", tradeoff),
+        ("learning_rate", "Learning rate as applied", learning_rates),
+        ("gradients", "Gradient norm and clip fraction", gradients),
+    ]
+    if data.study_type == "search":
+        figures += [("importance", "Parameter importance", importance),
+                    ("optimization_history", "Optimization history", optimization_history)]
+    return figures
+
+
+def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (3.4, 2.6)) -> tuple[Figure, list]:
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[:n]:
+        # Shared x: label every visible panel, since the one below may be a hidden filler.
+        ax.tick_params(labelbottom=True)
+    return fig, list(axes[:n])
+
+
+def _x_label(history: pd.DataFrame) -> str:
+    return "epoch" if "epoch" in history else "optimizer step"
+
+
+def _band(ax, bands: pd.DataFrame, color, label: str, linestyle: str = "-") -> None:
+    ax.plot(bands["x"], bands["mean"], color=color, label=label, linestyle=linestyle, lw=1.6)
+    ax.fill_between(bands["x"], bands["low"], bands["high"], color=color, alpha=0.2, lw=0)
+
+
+def _shown_history(data: FigureInput, *metrics: str) -> pd.DataFrame | None:
+    if data.history.empty or any(m not in data.history for m in metrics):
+        return None
+    frame = data.history[data.history["arm"].isin(data.arms)]
+    return frame if frame[list(metrics)].notna().any().all() else None
+
+
+def learning_curves(data: FigureInput) -> tuple[Figure | None, str]:
+    history = _shown_history(data, "train_eval_loss", "val_loss")
+    if history is None:
+        return None, "no run has train_eval_loss and val_loss in its history.json"
+    arms = [a for a in data.arms if a in set(history["arm"])]
+    train, val = (curve_bands(history, m) for m in ("train_eval_loss", "val_loss"))
+    fig, axes = _grid(len(arms))
+    for ax, arm in zip(axes, arms):
+        _band(ax, train[train["arm"] == arm], sns.color_palette()[0], "train (eval mode)")
+        _band(ax, val[val["arm"] == arm], sns.color_palette()[3], "validation")
+        ax.set_title(_short(arm), fontsize=9)
+        ax.set_xlabel(_x_label(history))
+        ax.set_ylabel("loss (nats/char)")
+    axes[0].legend(fontsize=8)
+    return fig, "Mean over seeds with a 95% t-band; train loss measured in eval mode (no dropout, no augmentation)."
+
+
+def gap_curves(data: FigureInput) -> tuple[Figure | None, str]:
+    history = _shown_history(data, "gap")
+    if history is None:
+        return None, "no run has gap in its history.json"
+    bands = curve_bands(history, "gap")
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for arm, color in data.colors.items():
+        rows = bands[bands["arm"] == arm]
+        if not rows.empty:
+            _band(ax, rows, color, _short(arm), "--" if arm == data.baseline else "-")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel(_x_label(history))
+    ax.set_ylabel("val_loss - train_eval_loss (nats)")
+    ax.legend(fontsize=8, loc="best")
+    return fig, "The overfitting gap per arm: mean over seeds with a 95% t-band; the baseline dashed."
+
+
+def metric_by_arm(data: FigureInput) -> tuple[Figure | None, str]:
+    metric = data.metric
+    runs = data.runs[data.runs["arm"].isin(data.arms)]
+    if metric not in runs or runs[metric].isna().all():
+        return None, f"no run has the summary metric {metric}"
+    stats = data.arm_stats[data.arm_stats["metric"] == metric].set_index("arm").reindex(data.arms)
+    fig = Figure(figsize=(8, 0.45 * len(data.arms) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    sns.stripplot(data=runs, x=metric, y="arm", order=data.arms, hue="arm", hue_order=data.arms,
+                  palette=data.colors, legend=False, size=4, alpha=0.6, jitter=0.15, ax=ax)
+    y = np.arange(len(data.arms))
+    low = (stats["mean"] - stats["ci_low"]).fillna(0).to_numpy()
+    high = (stats["ci_high"] - stats["mean"]).fillna(0).to_numpy()
+    ax.errorbar(stats["mean"], y, xerr=[low, high], fmt="D", color="black", ms=5, capsize=3, lw=1.2)
+    if data.baseline is not None and not math.isnan(stats.loc[data.baseline, "mean"]):
+        ax.axvline(stats.loc[data.baseline, "mean"], color="black", ls="--", lw=0.8)
+    ax.set_yticks(y, [_short(a) + (" (baseline)" if a == data.baseline else "") for a in data.arms])
+    ax.set_xlabel(f"{metric} ({METRICS[metric].unit})" if METRICS[metric].unit else metric)
+    ax.set_ylabel("")
+    return fig, "Dots: runs. Diamonds: arm mean with its 95% t-interval. Dashed line: the baseline's mean."
+
+
+def tradeoff(data: FigureInput) -> tuple[Figure | None, str]:
+    runs = data.runs.dropna(subset=[c for c in ("best_val_loss", "gap_at_best") if c in data.runs])
+    if "best_val_loss" not in runs or "gap_at_best" not in runs or runs.empty:
+        return None, "no run has both best_val_loss and gap_at_best"
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    others = runs[~runs["arm"].isin(data.arms)]
+    if not others.empty:
+        ax.scatter(others["best_val_loss"], others["gap_at_best"], s=10, color=_NEUTRAL, alpha=0.5,
+                   label="other arms")
+    shown = runs[runs["arm"].isin(data.arms)].assign(label=lambda f: f["arm"].map(_short))
+    sns.scatterplot(data=shown, x="best_val_loss", y="gap_at_best", hue="label",
+                    hue_order=[_short(a) for a in data.arms],
+                    palette={_short(a): c for a, c in data.colors.items()}, s=30, ax=ax)
+    caption = "Each point is a run at its best epoch: lower-left is better on both."
+    if data.study_type == "search":
+        front = runs.iloc[pareto_front(runs["best_val_loss"].to_numpy(), runs["gap_at_best"].to_numpy())]
+        ax.plot(front["best_val_loss"], front["gap_at_best"], "k-", drawstyle="steps-post", lw=1,
+                label="Pareto front")
+        ax.scatter(front["best_val_loss"], front["gap_at_best"], s=60, facecolors="none",
+                   edgecolors="black")
+        caption += f" The line joins the {len(front)} runs no other run beats on both (Pareto front)."
+    ax.set_xlabel("best validation loss (nats)")
+    ax.set_ylabel("gap at the best epoch (nats)")
+    ax.legend(fontsize=8, loc="best")
+    return fig, caption
+
+
+def learning_rates(data: FigureInput) -> tuple[Figure | None, str]:
+    history = _shown_history(data, "lr")
+    if history is None:
+        return None, "no run has lr in its history.json"
+    schedule = data.runs.set_index("arm")["params.schedule.name"] if "params.schedule.name" in data.runs \
+        else pd.Series("unknown", index=data.runs["arm"])
+    schedule = schedule.fillna("unknown").groupby(level=0).first()
+    bands = curve_bands(history, "lr")
+    names = sorted(set(schedule.reindex(data.arms).dropna()))
+    fig, axes = _grid(len(names), ncols=2, size=(4.6, 3.2))
+    for ax, name in zip(axes, names):
+        for arm, color in data.colors.items():
+            rows = bands[bands["arm"] == arm]
+            if schedule.get(arm) == name and not rows.empty:
+                ax.plot(rows["x"], rows["mean"], color=color, label=_short(arm), lw=1.5)
+        ax.set_title(f"schedule.name={name}", fontsize=9)
+        ax.set_xlabel(_x_label(history))
+        ax.set_ylabel("learning rate")
+        ax.legend(fontsize=7)
+    return fig, "The learning rate the optimizer applied at each evaluation, per scheduler (mean over seeds)."
+
+
+def gradients(data: FigureInput) -> tuple[Figure | None, str]:
+    column = "params.optim.clip_norm"
+    if column not in data.runs:
+        return None, "the runs have no optim.clip_norm param"
+    clip = data.runs.groupby("arm")[column].first().reindex(data.arms).fillna("None").astype(str)
+    if clip.nunique() < 2:
+        return None, "optim.clip_norm does not vary across the arms shown"
+    reference = clip.get(data.baseline) if data.baseline else None
+    arms = [a for a in data.arms if reference is None or a == data.baseline or clip[a] != reference]
+    history = _shown_history(data, "grad_norm", "clip_frac")
+    if history is None:
+        return None, "no run has grad_norm and clip_frac in its history.json"
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, metric, label in ((axes[0], "grad_norm", "gradient norm before clipping"),
+                              (axes[1], "clip_frac", "fraction of steps clipped")):
+        bands = curve_bands(history[history["arm"].isin(arms)], metric)
+        for arm in arms:
+            rows = bands[bands["arm"] == arm]
+            if not rows.empty:
+                _band(ax, rows, data.colors[arm], f"{_short(arm)} (clip_norm={clip[arm]})")
+        ax.set_xlabel(_x_label(history))
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    return fig, "Arms whose optim.clip_norm differs from the baseline's, and the baseline: mean over seeds, 95% t-band."
+
+
+def importance(data: FigureInput) -> tuple[Figure | None, str]:
+    if data.search is None:
+        return None, data.search_note
+    table = data.search.importances
+    if table.empty:
+        return None, f"no parameter importance: {data.search.note}"
+    fig = Figure(figsize=(7.5, 0.35 * table["param"].nunique() * len(data.search.objectives) + 1.5),
+                 layout="constrained")
+    ax = fig.subplots()
+    sns.barplot(data=table, x="importance", y="param", hue="objective", ax=ax)
+    ax.set_xlabel("importance (PED-ANOVA, normalised)")
+    ax.set_ylabel("")
+    return fig, f"Optuna's PED-ANOVA importance of each searched parameter. {data.search.note}."
+
+
+def optimization_history(data: FigureInput) -> tuple[Figure | None, str]:
+    if data.search is None:
+        return None, data.search_note
+    trials = data.search.trials
+    if trials.empty:
+        return None, "the Optuna study has no completed trial"
+    objectives = data.search.objectives
+    fig = Figure(figsize=(6 * len(objectives), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(objectives)))
+    for ax, objective, direction in zip(axes, objectives, data.search.directions):
+        values = trials[objective]
+        best = values.cummin() if direction == "minimize" else values.cummax()
+        ax.scatter(trials["number"], values, s=14, color=sns.color_palette()[0], label="trial")
+        ax.plot(trials["number"], best, color=sns.color_palette()[3], drawstyle="steps-post",
+                label=f"best so far ({direction})")
+        ax.set_xlabel("trial number")
+        ax.set_ylabel(objective)
+        ax.legend(fontsize=8)
+    return fig, "Each completed trial's objective value, and the best value so far."
+
+
+def _short(label: str, width: int = 40) -> str:
+    """A label fit for a legend: truncated, and with $ escaped so matplotlib never reads mathtext."""
+    label = label if len(label) <= width else label[: width - 1] + "\u2026"
+    return label.replace("$", r"\$")

@@ -1,0 +1,93 @@
+"""The Jinja2 template of index.html: one self-contained page (inline CSS, figures as data URIs).
+
+Rendered with autoescape on: every ``{{ }}`` is HTML-escaped, so a run or arm named
+``<script>...`` shows as text. Nothing here is marked ``|safe``.
+"""
+
+HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Report: {{ c.name }}</title>
+<style>
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.baseline td { background: #f7f9ff; } tr.significant td { background: #f3fbf3; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .2em 1em; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 13px; } .small { color: #666; font-size: 12px; }
+.scroll { max-height: 32em; overflow: auto; }
+</style>
+</head>
+<body>
+<h1>Report: {{ c.name }}</h1>
+
+<h2 id="built-from">Built from</h2>
+<dl class="facts">
+{% for label, value in facts %}<dt>{{ label }}</dt><dd>{{ value }}</dd>
+{% endfor %}</dl>
+{% if c.parent_run_id %}<p class="small"><a href="{{ c.ui_url.rstrip('/') }}/#/experiments/{{ c.experiment_id }}/runs/{{ c.parent_run_id }}">The study's parent run in MLflow</a></p>{% endif %}
+
+<h2 id="verdicts">Verdicts</h2>
+{% if verdicts %}<ul>
+{% for v in verdicts %}<li>{{ v }}</li>
+{% endfor %}</ul>{% else %}<p>{{ c.baseline_note }}</p>{% endif %}
+{% if c.featured|length < c.arms|length %}<p class="small">Verdicts and figures show {{ c.featured|length }} of {{ c.arms|length }} arms: the baseline and the best by {{ c.metric }}. The tables list all of them.</p>{% endif %}
+
+{% if comparison_rows %}
+<h2 id="comparison">Against the baseline: {{ noun }} ({{ c.metric }}), paired by seed</h2>
+<table id="comparison-table">
+<thead><tr><th>arm</th><th>pairs</th><th>mean diff [95% CI]</th><th>t-test p</th><th>Wilcoxon p</th><th>p (Holm)</th><th>P(better)</th><th>better on</th><th>verdict</th></tr></thead>
+<tbody>
+{% for r in comparison_rows %}<tr{% if r.significant %} class="significant"{% endif %}><td><a href="{{ r.url }}">{{ r.arm }}</a></td><td class="num">{{ r.n }}</td><td class="num">{{ r.diff }}</td><td class="num">{{ r.t_p }}</td><td class="num">{{ r.wilcoxon_p }}</td><td class="num">{{ r.p_holm }}</td><td class="num">{{ r.p_better }}</td><td class="num">{{ r.better }}</td><td>{{ r.verdict }}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% endif %}
+
+<h2 id="arms">Per arm: mean &plusmn; std [95% CI]</h2>
+<div class="scroll"><table id="arm-table">
+<thead><tr><th>arm</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}<th>{% if c.baseline %}differs from the baseline{% else %}settings that vary{% endif %}</th></tr></thead>
+<tbody>
+{% for r in arm_rows %}<tr{% if r.baseline %} class="baseline"{% endif %}><td><a href="{{ r.url }}">{{ r.arm }}</a>{% if r.baseline %} (baseline){% endif %}</td><td class="num">{{ r.n }}</td>{% for m in metrics %}<td class="num">{{ r[m] }}</td>{% endfor %}<td>{{ r.settings }}</td></tr>
+{% endfor %}</tbody>
+</table></div>
+
+<h2 id="figures">Figures</h2>
+{% for f, uri in figures %}<figure id="fig-{{ f.name }}">
+<img src="{{ uri }}" alt="{{ f.title }}">
+<figcaption><b>{{ f.title }}.</b> {{ f.caption }}</figcaption>
+</figure>
+{% endfor %}
+{% if skipped %}<p>Not drawn:</p><ul>
+{% for f in skipped %}<li>{{ f.title }}: {{ f.skipped }}</li>
+{% endfor %}</ul>{% endif %}
+
+<h2 id="runs">Runs ({{ run_rows|length }})</h2>
+<div class="scroll"><table id="run-table">
+<thead><tr><th>arm</th><th>seed</th><th>run</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for r in run_rows %}<tr><td>{{ r.arm }}</td><td class="num">{{ r.seed }}</td><td><a href="{{ r.url }}">{{ r.run }}</a></td>{% for m in metrics %}<td class="num">{{ r[m] }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table></div>
+
+<h2 id="excluded">Excluded runs ({{ excluded|length }})</h2>
+{% if excluded %}<div class="scroll"><table id="excluded-table">
+<thead><tr><th>run</th><th>arm</th><th>status</th><th>reason</th></tr></thead>
+<tbody>
+{% for r in excluded %}<tr><td><a href="{{ r.url }}">{{ r.run_name or r.run_id }}</a></td><td>{{ r.arm }}</td><td>{{ r.status }}</td><td>{{ r.reason }}</td></tr>
+{% endfor %}</tbody>
+</table></div>{% else %}<p>None.</p>{% endif %}
+
+<h2 id="how-to-read">How to read this report</h2>
+<ul>
+{% for t in how_to_read %}<li>{{ t }}</li>
+{% endfor %}</ul>
+</body>
+</html>
+"""

@@ -1,0 +1,73 @@
+import pytest
+
+from harness.config import Config, build_config, flatten, load_config, parse_set_args, valid_keys
+from harness.errors import UsageError
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"model.dropuot": 0.2}, "unknown key 'model.dropuot' (did you mean 'model.dropout'?)"),
+    ({"model.dropout": 1.5}, "model.dropout=1.5: Input should be less than 1"),
+    ({"model.dropout": -0.1}, "model.dropout=-0.1: Input should be greater than or equal to 0"),
+    ({"model.n_layer": "two"}, "model.n_layer='two': Input should be a valid integer"),
+    ({"optim.clip_norm": 0}, "optim.clip_norm=0: Input should be greater than 0"),
+    ({"optim.clip_norm": -1.0}, "optim.clip_norm=-1.0: Input should be greater than 0"),
+    ({"optim.lr": 0}, "optim.lr=0: Input should be greater than 0"),
+    ({"optim.lr": -3e-4}, "optim.lr=-0.0003: Input should be greater than 0"),
+    ({"schedule.name": "exponential"}, "schedule.name='exponential': unknown scheduler; allowed: constant, step, cosine, plateau"),
+    ({"optim.name": "sgd"}, "optim.name='sgd': not allowed; allowed: 'adamw' or 'adam'"),
+    ({"model.norm": "sandwich"}, "model.norm='sandwich': not allowed; allowed: 'pre', 'post' or 'none'"),
+    ({"schedule.step_size": 3}, "unknown key 'schedule.step_size' for schedule 'constant'"),
+    ({"model.n_embd": 130}, "model.n_embd=130: must be divisible by model.n_head=4"),
+])
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(overrides, expected):
+    with pytest.raises(UsageError) as err:
+        build_config({}, overrides)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_defaults_validate_and_hash_is_stable():
+    assert Config().hash() == build_config({}).hash()
+    assert build_config({}, {"model.dropout": 0.2}).hash() != Config().hash()
+
+
+def test_set_values_are_parsed_as_yaml():
+    assert parse_set_args(["model.dropout=0.2", "optim.clip_norm=null", "schedule={name: step, step_size: 3}"]) == {
+        "model.dropout": 0.2, "optim.clip_norm": None, "schedule": {"name": "step", "step_size": 3}}
+    with pytest.raises(UsageError, match="expected key=value"):
+        parse_set_args(["model.dropout"])
+
+
+def test_scheduler_keys_exist_only_for_their_scheduler():
+    cfg = build_config({}, {"schedule": {"name": "step", "step_size": 3, "gamma": 0.1}})
+    assert (cfg.schedule.step_size, cfg.schedule.gamma) == (3, 0.1)
+    with pytest.raises(UsageError, match="for schedule 'cosine'"):
+        build_config({}, {"schedule": {"name": "cosine", "step_size": 3}})
+
+
+def test_yaml_file_plus_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  dropout: 0.1\noptim:\n  name: adam\n  weight_decay: 0.01\n")
+    cfg = load_config(path, {"model.dropout": 0.3})
+    assert cfg.model.dropout == 0.3 and cfg.optim.name == "adam" and cfg.optim.weight_decay == 0.01
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(UsageError, match="must be a mapping"):
+        load_config(listy)
+
+
+def test_flat_keys_are_dotted_and_all_valid():
+    flat = Config().flat()
+    assert flat["model.dropout"] == 0.0 and flat["schedule.name"] == "constant"
+    assert set(flat) <= set(valid_keys())
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}}) == {"a.b": 1, "a.c.d": [1, 2]}
