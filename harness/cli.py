@@ -111,7 +111,82 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve(args.host, args.port, optuna=args.optuna, storage=args.storage)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_data, _add_ui]
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run an ablation study (only what is missing)")
+    p.add_argument("spec", help="experiments/NAME.yaml")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--dry-run", action="store_true", help="print the arms and cells, run nothing")
+    p.add_argument("--yes", action="store_true", help="allow a study of more than 100 runs")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.ablation import run_ablation
+
+    _positive("--workers", args.workers)
+    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes)
+
+
+def _positive(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{option}={value}: must be at least 1")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="Optuna search over a regularization space, pruning on")
+    p.add_argument("spec", help="studies/NAME.yaml")
+    p.add_argument("--trials", type=int, help="total trials the study should reach (default: the spec's)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--importance", choices=("ped-anova", "fanova"), default="ped-anova",
+                   help="parameter-importance evaluator (default: Optuna's PED-ANOVA)")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from harness.search import run_search
+
+    _positive("--trials", args.trials)
+    _positive("--workers", args.workers)
+    return run_search(args.spec, trials=args.trials, workers=args.workers, storage_url=args.storage,
+                      timeout=args.timeout, importance=args.importance)
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="join a study (from this or another machine)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--threads", type=int, help="torch threads for this worker")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.storage import default_storage
+    from harness.worker import run_worker
+
+    _positive("--threads", args.threads)
+    trained = run_worker(args.study, args.storage or default_storage(), args.threads)
+    print(f"worker done: {trained} trial(s) trained")
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="trials done / running / failed / waiting, per arm")
+    p.add_argument("name")
+    p.add_argument("--storage")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.ablation import print_status
+
+    return print_status(args.name, args.storage)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_run, _add_search, _add_worker, _add_status, _add_data, _add_ui]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # MLflow announces its database migrations at INFO; a user's terminal needs warnings only.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -209,8 +209,9 @@ def parse_value(text: str) -> Any:
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """Set tree["a"]["b"] = value for key "a.b", creating sections as needed.
 
-    Setting a whole section (a mapping value on a section key) replaces it: a factor value
-    `schedule: {name: step, step_size: 5}` means exactly that schedule, not a merge.
+    A mapping value merges into the section it names (`optim: {name: adam, weight_decay: 0.01}`
+    keeps the base's lr), except a schedule of another name, which replaces the schedule: a
+    different scheduler has different keys.
     """
     parts = key.split(".")
     node = tree
@@ -220,7 +221,16 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
             child = {}
             node[part] = child
         node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    leaf, current = parts[-1], node.get(parts[-1])
+    if isinstance(value, dict) and isinstance(current, dict) and not _replaces(key, current, value):
+        for sub_key, sub_value in value.items():
+            set_dotted(current, sub_key, sub_value)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def _replaces(key: str, current: dict[str, Any], value: dict[str, Any]) -> bool:
+    return key == "schedule" and value.get("name", current.get("name")) != current.get("name", "constant")
 
 
 def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

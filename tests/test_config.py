@@ -71,3 +71,13 @@ def test_flat_keys_are_dotted_and_all_valid():
     assert flat["model.dropout"] == 0.0 and flat["schedule.name"] == "constant"
     assert set(flat) <= set(valid_keys())
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}}) == {"a.b": 1, "a.c.d": [1, 2]}
+
+
+def test_mapping_values_merge_but_a_new_scheduler_replaces_the_schedule():
+    base = {"optim": {"lr": 0.01, "name": "adamw"}, "schedule": {"name": "cosine", "eta_min": 0.001}}
+    cfg = build_config(base, {"optim": {"name": "adam", "weight_decay": 0.01}})
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 0.01, 0.01)
+    cfg = build_config(base, {"schedule": {"name": "step", "step_size": 2}})
+    assert cfg.schedule.name == "step" and cfg.schedule.step_size == 2
+    cfg = build_config(base, {"schedule": {"eta_min": 0.0001}})
+    assert cfg.schedule.name == "cosine" and cfg.schedule.eta_min == 0.0001

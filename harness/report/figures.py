@@ -168,15 +168,19 @@ def metric_by_arm(data: FigureInput) -> tuple[Figure | None, str]:
     stats = data.arm_stats[data.arm_stats["metric"] == metric].set_index("arm").reindex(data.arms)
     fig = Figure(figsize=(8, 0.45 * len(data.arms) + 1.4), layout="constrained")
     ax = fig.subplots()
-    sns.stripplot(data=runs, x=metric, y="arm", order=data.arms, hue="arm", hue_order=data.arms,
-                  palette=data.colors, legend=False, size=4, alpha=0.6, jitter=0.15, ax=ax)
     y = np.arange(len(data.arms))
+    # seaborn's stripplot jitters with the global numpy RNG; a seeded one keeps reruns identical.
+    rng = np.random.default_rng(0)
+    for i, arm in enumerate(data.arms):
+        values = runs.loc[runs["arm"] == arm, metric].dropna()
+        ax.scatter(values, i + rng.uniform(-0.15, 0.15, len(values)), s=16, alpha=0.6, color=data.colors[arm])
     low = (stats["mean"] - stats["ci_low"]).fillna(0).to_numpy()
     high = (stats["ci_high"] - stats["mean"]).fillna(0).to_numpy()
     ax.errorbar(stats["mean"], y, xerr=[low, high], fmt="D", color="black", ms=5, capsize=3, lw=1.2)
     if data.baseline is not None and not math.isnan(stats.loc[data.baseline, "mean"]):
         ax.axvline(stats.loc[data.baseline, "mean"], color="black", ls="--", lw=0.8)
     ax.set_yticks(y, [_short(a) + (" (baseline)" if a == data.baseline else "") for a in data.arms])
+    ax.set_ylim(len(data.arms) - 0.5, -0.5)  # the baseline on top
     ax.set_xlabel(f"{metric} ({METRICS[metric].unit})" if METRICS[metric].unit else metric)
     ax.set_ylabel("")
     return fig, "Dots: runs. Diamonds: arm mean with its 95% t-interval. Dashed line: the baseline's mean."

@@ -54,7 +54,7 @@ figcaption { color: #555; font-size: 13px; } .small { color: #666; font-size: 12
 <div class="scroll"><table id="arm-table">
 <thead><tr><th>arm</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}<th>{% if c.baseline %}differs from the baseline{% else %}settings that vary{% endif %}</th></tr></thead>
 <tbody>
-{% for r in arm_rows %}<tr{% if r.baseline %} class="baseline"{% endif %}><td><a href="{{ r.url }}">{{ r.arm }}</a>{% if r.baseline %} (baseline){% endif %}</td><td class="num">{{ r.n }}</td>{% for m in metrics %}<td class="num">{{ r[m] }}</td>{% endfor %}<td>{{ r.settings }}</td></tr>
+{% for r in arm_rows %}<tr{% if r.baseline %} class="baseline"{% endif %}><td><a href="{{ r.url }}">{{ r.arm }}</a>{% if r.baseline %} (baseline){% endif %}</td><td class="num">{{ r.n }}</td>{% for m in metrics %}<td class="num">{{ r[m][0] }}<br><span class="small">{{ r[m][1] }}</span></td>{% endfor %}<td>{{ r.settings }}</td></tr>
 {% endfor %}</tbody>
 </table></div>
 

@@ -73,7 +73,7 @@ def facts(content: ReportContent) -> list[tuple[str, str]]:
         ("Study", f"{content.name} ({STUDY_KINDS.get(content.study_type, content.study_type)})"),
         ("MLflow", f"experiment {content.experiment_id} at {content.tracking_uri}"),
         ("Runs analysed", f"{len(content.runs)} finished training runs in {n_arms} arm{'s' * (n_arms != 1)}"
-                          f" (grouped by {content.group_by})"),
+                          f" ({_grouping(content)})"),
         ("Runs excluded", f"{len(content.excluded)}: {content.excluded_summary}"),
         ("Baseline", f"{content.baseline} ({content.baseline_note})" if content.baseline else content.baseline_note),
         ("Compared on", f"{content.metric}: {METRICS[content.metric].noun}, paired by seed"),
@@ -81,28 +81,33 @@ def facts(content: ReportContent) -> list[tuple[str, str]]:
     return rows + [("Note", note) for note in content.notes]
 
 
-def _cell(mean: float, std: float, low: float, high: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    if math.isnan(std):
-        return number(mean)
-    return f"{number(mean)} \u00b1 {number(std)} [{number(low)}, {number(high)}]"
+def _grouping(content: ReportContent) -> str:
+    fallback = "trial-<number>, else config-<hash>" if content.study_type == "search" else "config-<hash>"
+    return f"arm = {content.group_by}; without it, {fallback}"
 
 
-def arm_rows(content: ReportContent, arms: list[str]) -> list[dict[str, str]]:
-    """Per arm: n runs, 'mean ± std [95% CI]' per metric, what sets it apart."""
+def _cell(s: pd.Series, n_runs: int) -> tuple[str, str]:
+    """('mean ± std', '[ci_low, ci_high]') of one arm_table row; the second part may be empty."""
+    if math.isnan(s["mean"]):
+        return "n/a", ""
+    extra = f" ({int(s['n'])}/{n_runs} runs)" if s["n"] < n_runs else ""
+    if math.isnan(s["std"]):
+        return number(s["mean"]), extra.strip()
+    return f"{number(s['mean'])} \u00b1 {number(s['std'])}", f"[{number(s['ci_low'])}, {number(s['ci_high'])}]{extra}"
+
+
+def arm_rows(content: ReportContent, arms: list[str]) -> list[dict]:
+    """Per arm: n runs, per metric ('mean ± std', '[95% CI]'), what sets the arm apart.
+
+    A metric some runs lack (overfit_onset when val loss never rose) notes how many have it.
+    """
     stats = content.arm_stats.set_index(["arm", "metric"])
     counts = content.runs["arm"].value_counts()
     rows = []
     for arm in arms:
         row = {"arm": arm, "url": content.arm_links[arm], "n": str(counts[arm]),
                "baseline": arm == content.baseline, "settings": content.arm_settings.get(arm, "")}
-        for metric in ARM_METRICS:
-            s = stats.loc[(arm, metric)]
-            cell = _cell(s["mean"], s["std"], s["ci_low"], s["ci_high"])
-            if metric == "overfit_onset" and s["n"] < counts[arm]:
-                cell += f" ({int(s['n'])}/{counts[arm]} runs)"
-            row[metric] = cell
+        row |= {metric: _cell(stats.loc[(arm, metric)], counts[arm]) for metric in ARM_METRICS}
         rows.append(row)
     return rows
 
@@ -193,8 +198,23 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+class _Links:
+    """Reference-style Markdown links, so long MLflow addresses stay out of the tables."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+
+    def __call__(self, text: str, url: str) -> str:
+        ref = self.ids.setdefault(url, f"{len(self.ids) + 1}")
+        return f"[{md(text)}][{ref}]"
+
+    def definitions(self) -> list[str]:
+        return [f"[{ref}]: <{url}>" for url, ref in self.ids.items()]
+
+
 def write_markdown(content: ReportContent, path: Path) -> None:
     arms = content.featured
+    link = _Links()
     lines = [f"# Report: {md(content.name)}", ""]
     lines += [f"- **{label}**: {md(value)}" for label, value in facts(content)]
     lines += ["", "## Verdicts", ""]
@@ -207,24 +227,25 @@ def write_markdown(content: ReportContent, path: Path) -> None:
         lines += ["", f"## Against the baseline: {md(METRICS[content.metric].noun)} ({content.metric}), paired by seed", ""]
         lines += _md_table(
             ["arm", "pairs", "mean diff [95% CI]", "t-test p", "Wilcoxon p", "p (Holm)", "P(better)", "better on"],
-            [[f"[{md(r['arm'])}]({r['url']})", r["n"], r["diff"], r["t_p"], r["wilcoxon_p"], r["p_holm"],
+            [[link(r["arm"], r["url"]), r["n"], r["diff"], md(r["t_p"]), md(r["wilcoxon_p"]), md(r["p_holm"]),
               r["p_better"], r["better"]] for r in comparisons])
     lines += ["", "## Per arm: mean \u00b1 std [95% CI]", ""]
     lines += _md_table(
-        ["arm", "n", *ARM_METRICS, "settings"],
-        [[f"[{md(r['arm'])}]({r['url']})" + (" (baseline)" if r["baseline"] else ""), r["n"],
-          *(md(r[m]) for m in ARM_METRICS), md(r["settings"])] for r in arm_rows(content, arms)])
+        ["arm", "n", *ARM_METRICS, "differs from the baseline" if content.baseline else "settings that vary"],
+        [[link(r["arm"], r["url"]) + (" (baseline)" if r["baseline"] else ""), r["n"],
+          *(md(" ".join(r[m]).strip()) for m in ARM_METRICS), md(r["settings"])] for r in arm_rows(content, arms)])
     lines += ["", "## Figures", ""]
     for f in content.figures:
         if f.path:
             lines += [f"### {md(f.title)}", "", f"![{md(f.title)}](figures/{f.path.name})", "", md(f.caption), ""]
-    lines += [f"- {md(f.title)}: skipped, {md(f.skipped)}" for f in content.figures if not f.path]
+    lines += [f"- {md(f.title)}: not drawn, {md(f.skipped)}" for f in content.figures if not f.path]
     lines += ["", f"## Excluded runs ({len(content.excluded)})", ""]
     if content.excluded.empty:
         lines += ["None."]
     else:
         lines += _md_table(["run", "arm", "status", "reason"],
-                           [[f"[{md(r['run_name'] or r['run_id'])}]({r['url']})", md(r["arm"]),
-                             md(r["status"]), md(r["reason"])] for r in content.excluded.to_dict("records")])
+                           [[link(r["run_name"] or r["run_id"], r["url"]), md(r["arm"]), md(r["status"]),
+                             md(r["reason"])] for r in content.excluded.to_dict("records")])
     lines += ["", "## How to read this report", ""] + [f"- {md(t)}" for t in HOW_TO_READ]
+    lines += [""] + link.definitions()
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,122 @@
+"""`ablate run`: validate a spec, create its study, run the missing cells with local workers,
+print what ran, and write the arm summaries once every cell is done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from harness.errors import UsageError
+from harness.launch import default_workers, follow, spawn_workers, threads_per_worker
+from harness.paths import mlruns_dir
+from harness.run import preflight
+from harness.spec import AblationSpec, cell_config, load_spec
+from harness.storage import default_storage, open_storage
+from harness.study import cell_status, create_ablation, info, trials_by_cell, write_arm_summaries
+from harness.tracking import init_store
+
+
+def check_cells(spec: AblationSpec) -> None:
+    """Every distinct data setup loads and fits its model, before anything is written."""
+    seen = set()
+    for arm in spec.arms:
+        key = json.dumps([arm.config.data.model_dump(mode="json"), arm.config.transfer.model_dump(mode="json"),
+                          arm.config.model.model_dump(mode="json")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            try:
+                preflight(cell_config(arm.config, spec.seeds[0]))
+            except UsageError as exc:
+                raise UsageError(f"arm {arm.label!r}: {exc}") from None
+
+
+def describe(spec: AblationSpec) -> str:
+    lines = [f"study {spec.name}: {spec.design}, {len(spec.arms)} arms x {len(spec.seeds)} seeds "
+             f"= {len(spec.cells)} runs (baseline: {spec.baseline})"]
+    width = max(len(a.label) for a in spec.arms)
+    for arm in spec.arms:
+        change = ", ".join(f"{k}={json.dumps(v)}" for k, v in arm.overrides.items()) or "(the base config)"
+        lines.append(f"  {arm.label:<{width}}  seeds {','.join(map(str, spec.seeds))}  {change}")
+    for label in spec.skipped:
+        lines.append(f"  (level {label} equals the base config: it is the baseline)")
+    return "\n".join(lines)
+
+
+def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, dry_run: bool,
+                 allow_large: bool) -> int:
+    spec = load_spec(spec_path, allow_large=allow_large)
+    check_cells(spec)
+    print(describe(spec))
+    if dry_run:
+        return 0
+    url = storage_url or default_storage()
+    storage = open_storage(url)
+    client = init_store()
+    study = create_ablation(spec, storage, url, client)
+    status = cell_status(study)
+    todo = sum(1 for s in status.values() if s != "done")
+    if todo == 0:
+        print("every cell is already done; nothing to run")
+    else:
+        n = workers or default_workers(todo)
+        threads = threads_per_worker(n)
+        print(f"running {todo} of {len(status)} cells with {n} worker(s) x {threads} thread(s); "
+              f"logs in {mlruns_dir() / 'logs' / spec.name}")
+        procs = spawn_workers(spec.name, url, n, threads, mlruns_dir() / "logs" / spec.name)
+        done = lambda: sum(1 for s in cell_status(study).values() if s == "done")  # noqa: E731
+        codes = follow(procs, len(status), done, spec.name)
+        if any(codes):
+            print(f"warning: worker exit codes {codes}; see the logs")
+    print(cells_table(study))
+    status = cell_status(study)
+    missing = [k for k, s in status.items() if s != "done"]
+    if missing:
+        print(f"{len(missing)} of {len(status)} cells did not finish ({', '.join(missing[:5])}"
+              f"{', ...' if len(missing) > 5 else ''}); run the same command again to retry them")
+        return 1
+    write_arm_summaries(study, client)
+    client.set_terminated(info(study)["parent_run_id"], status="FINISHED")
+    print(f"study {spec.name} complete: ablate report {spec.name}   |   ablate ui")
+    return 0
+
+
+def cells_table(study) -> str:
+    """arm, seed, state, best val loss, final gap, MLflow run id: one line per cell."""
+    rows = [("arm", "seed", "state", "best_val", "final_gap", "mlflow run")]
+    by_cell = trials_by_cell(study)
+    status = cell_status(study)
+    for key in info(study)["cells"]:
+        arm, seed = key.rsplit("/seed=", 1)
+        done = [t for t in by_cell.get(key, []) if t.state == TrialState.COMPLETE]
+        latest = done[0] if done else (by_cell.get(key) or [None])[-1]
+        attrs = latest.user_attrs if latest else {}
+        rows.append((arm, seed, status[key],
+                     f"{attrs['best_val_loss']:.4f}" if "best_val_loss" in attrs else "-",
+                     f"{attrs['final_gap']:.4f}" if "final_gap" in attrs else "-",
+                     attrs.get("mlflow_run_id", "-")))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def print_status(name: str, storage_url: str | None) -> int:
+    from harness.storage import load_study
+    from harness.study import status_by_arm
+
+    study = load_study(name, storage_url or default_storage())
+    if info(study)["type"] != "ablation":
+        by_state: dict[str, int] = {}
+        for trial in study.get_trials(deepcopy=False):
+            by_state[trial.state.name] = by_state.get(trial.state.name, 0) + 1
+        print(f"search {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
+        return 0
+    counts = status_by_arm(study)
+    cols = ("done", "running", "failed", "waiting", "missing")
+    width = max([len("arm")] + [len(a) for a in counts])
+    print(f"{'arm':<{width}}  " + "  ".join(f"{c:>7}" for c in cols))
+    for arm, row in counts.items():
+        print(f"{arm:<{width}}  " + "  ".join(f"{row[c]:>7}" for c in cols))
+    total = {c: sum(r[c] for r in counts.values()) for c in cols}
+    print(f"{'total':<{width}}  " + "  ".join(f"{total[c]:>7}" for c in cols))
+    return 0

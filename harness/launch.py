@@ -1,0 +1,66 @@
+"""Starting local worker processes and following a study's progress until they end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from harness.paths import project_root
+
+
+def default_workers(cells: int) -> int:
+    """One single-threaded worker per core: on this kind of machine that beats fewer workers
+    with more threads each (benchmarks/workers.py measures it), capped by the work available."""
+    return max(1, min(os.cpu_count() or 1, cells))
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def spawn_workers(study: str, storage_url: str, workers: int, threads: int,
+                  log_dir: Path) -> list[subprocess.Popen]:
+    """Start `workers` processes of `ablate worker`; their output goes to log_dir/worker-N.log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ABLATE_HOME": str(project_root()), "OMP_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for i in range(workers):
+        log = open(log_dir / f"worker-{i}.log", "ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "worker", "--study", study, "--storage", storage_url,
+             "--threads", str(threads)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project_root()))
+        log.close()
+    return procs
+
+
+def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], label: str,
+           poll_s: float = 2.0) -> list[int]:
+    """A progress bar over `done()` until every worker exits; returns their exit codes.
+
+    Ctrl-C stops the workers (they mark their trials failed; a rerun finishes them).
+    """
+    bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(poll_s)
+            bar.n = done()
+            bar.refresh()
+        bar.n = done()
+        bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        bar.close()
+    return [p.returncode for p in procs]

@@ -1,0 +1,229 @@
+"""Ablation specs: one YAML naming a base recipe, the factors to vary and the paired seeds.
+
+```yaml
+name: quick
+base: {model: {n_layer: 2}, train: {epochs: 12}}
+design: one-at-a-time          # or factorial
+factors:
+  model.dropout: [0.1, 0.3]
+  schedule:                    # a mapping value: a whole scheduler
+    - {name: step, step_size: 4, gamma: 0.5}
+    - {label: cosine, value: {name: cosine, eta_min: 0.0001}}   # an explicit arm label
+arms:                          # optional arms that change several keys at once
+  - {label: adam-l2, set: {optim.name: adam, optim.weight_decay: 0.01}}
+seeds: [0, 1, 2]
+```
+
+one-at-a-time: the baseline (the base config) plus one arm per factor level, each varying that
+factor alone. factorial: one arm per combination of levels. Every arm runs every seed, so arms
+are paired by seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import Config, build_config, read_yaml, valid_keys
+from harness.errors import UsageError
+
+DESIGNS = ("one-at-a-time", "factorial")
+SPEC_KEYS = ("name", "description", "base", "design", "factors", "arms", "seeds", "baseline")
+SECTIONS = ("data", "model", "optim", "schedule", "augment", "transfer", "train", "sample")
+BASELINE = "baseline"
+LARGE_STUDY_CELLS = 100
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    overrides: dict[str, Any]
+    """What this arm changes against the base (empty for the baseline)."""
+    config: Config
+    """The arm's recipe, seed not yet applied."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    arm: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}/seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    name: str
+    design: str
+    base: Config
+    arms: list[Arm]
+    seeds: list[int]
+    baseline: str
+    description: str = ""
+    skipped: tuple[str, ...] = ()
+    """Factor levels dropped because they equal the baseline."""
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [Cell(arm.label, seed) for arm in self.arms for seed in self.seeds]
+
+    def arm(self, label: str) -> Arm:
+        return next(a for a in self.arms if a.label == label)
+
+
+def cell_config(arm_config: Config, seed: int) -> Config:
+    return build_config(arm_config.to_dict(), {"train.seed": seed})
+
+
+def load_spec(path: str | Path, allow_large: bool = False) -> AblationSpec:
+    raw = read_yaml(path, what="spec")
+    if not isinstance(raw, dict):
+        raise UsageError(f"spec {str(path)!r} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    return parse_spec(raw, allow_large=allow_large)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UsageError(f"name={name!r}: a study needs a name of letters, digits, '_', '.' and '-'")
+    return name
+
+
+def check_seeds(seeds: Any) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise UsageError(f"seeds={seeds!r}: must be a non-empty list of integers, e.g. [0, 1, 2]")
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dupes:
+        raise UsageError(f"seeds={seeds!r}: seed {dupes[0]} is listed twice; every seed must be distinct")
+    return seeds
+
+
+def check_path(path: Any, where: str) -> str:
+    keys = valid_keys()
+    if isinstance(path, str) and (path in keys or path in SECTIONS):
+        return path
+    import difflib
+
+    close = difflib.get_close_matches(str(path), keys + list(SECTIONS), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(f"{where} {path!r}: not a config key{hint}; allowed: a section "
+                     f"({', '.join(SECTIONS)}) or a dotted key such as model.dropout")
+
+
+def parse_spec(raw: dict[str, Any], allow_large: bool = False) -> AblationSpec:
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise UsageError(f"spec key {unknown[0]!r} is not known; allowed: {', '.join(SPEC_KEYS)}")
+    name = check_name(raw.get("name"))
+    design = raw.get("design", "one-at-a-time")
+    if design not in DESIGNS:
+        raise UsageError(f"design={design!r}: allowed: {', '.join(DESIGNS)}")
+    base_tree = raw.get("base") or {}
+    if not isinstance(base_tree, dict):
+        raise UsageError("base: must be a mapping of config sections (data, model, optim, ...)")
+    base = build_config(base_tree, where="base: ")
+    seeds = check_seeds(raw.get("seeds", [0]))
+    levels = _factor_levels(raw.get("factors") or {})
+    explicit = _explicit_arms(raw.get("arms") or [])
+    if not levels and not explicit:
+        raise UsageError("a spec needs factors (or arms) to compare against the baseline")
+
+    if design == "one-at-a-time":
+        candidates = [(BASELINE, {})] + [(label, {path: value}) for path, opts in levels for label, value in opts]
+    else:
+        combos = itertools.product(*[opts for _, opts in levels]) if levels else [()]
+        candidates = []
+        for combo in combos:
+            overrides = {path: value for (path, _), (_, value) in zip(levels, combo)}
+            candidates.append((", ".join(label for label, _ in combo), overrides))
+    candidates += explicit
+
+    arms: list[Arm] = []
+    skipped: list[str] = []
+    seen: dict[str, str] = {}
+    for label, overrides in candidates:
+        config = build_config(base.to_dict(), overrides, where=f"arm {label!r}: ")
+        digest = config.hash()
+        if digest in seen:
+            if design == "one-at-a-time" and seen[digest] == BASELINE:
+                skipped.append(label)  # a level equal to the base is the baseline itself
+                continue
+            raise UsageError(f"arms {seen[digest]!r} and {label!r} give the same config; remove one")
+        if any(a.label == label for a in arms):
+            raise UsageError(f"two arms are labelled {label!r}; give one an explicit label")
+        seen[digest] = label
+        arms.append(Arm(label, overrides, config))
+
+    baseline = raw.get("baseline") or _default_baseline(arms, base)
+    if baseline not in {a.label for a in arms}:
+        raise UsageError(f"baseline={baseline!r}: not an arm of this spec; arms: "
+                         f"{', '.join(a.label for a in arms)}")
+    n_cells = len(arms) * len(seeds)
+    if n_cells > LARGE_STUDY_CELLS and not allow_large:
+        raise UsageError(f"design={design!r} gives {len(arms)} arms x {len(seeds)} seeds = {n_cells} runs; "
+                         f"pass --yes to run that many (or list fewer levels)")
+    return AblationSpec(name, design, base, arms, seeds, baseline, str(raw.get("description") or ""),
+                        tuple(skipped))
+
+
+def _default_baseline(arms: list[Arm], base: Config) -> str:
+    for arm in arms:
+        if arm.config.hash() == base.hash():
+            return arm.label
+    return arms[0].label
+
+
+def _factor_levels(factors: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+    if not isinstance(factors, dict):
+        raise UsageError("factors: must map config paths to lists of values, e.g. model.dropout: [0.1, 0.3]")
+    out = []
+    short = _short_names(list(factors))
+    for path, values in factors.items():
+        check_path(path, "factor")
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"factor {path!r}: needs a non-empty list of values, got {values!r}")
+        levels = []
+        for value in values:
+            if isinstance(value, dict) and set(value) == {"label", "value"}:
+                levels.append((str(value["label"]), value["value"]))
+            else:
+                levels.append((f"{short[path]}={format_value(value)}", value))
+        out.append((path, levels))
+    return out
+
+
+def _explicit_arms(arms: Any) -> list[tuple[str, dict[str, Any]]]:
+    if not isinstance(arms, list):
+        raise UsageError("arms: must be a list of {label: NAME, set: {dotted.key: value, ...}}")
+    out = []
+    for arm in arms:
+        if not isinstance(arm, dict) or set(arm) != {"label", "set"} or not isinstance(arm["set"], dict):
+            raise UsageError(f"arms: each arm is {{label: NAME, set: {{dotted.key: value}}}}, got {arm!r}")
+        for path in arm["set"]:
+            check_path(path, f"arm {arm['label']!r}: key")
+        out.append((str(arm["label"]), dict(arm["set"])))
+    return out
+
+
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """model.dropout -> dropout, unless two factors end alike; then the full path."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (l if last.count(l) == 1 else p) for p, l in zip(paths, last)}
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        name = value.get("name")
+        rest = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
+        return f"{name}({rest})" if name and rest else str(name) if name else f"({rest})"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -1,0 +1,282 @@
+"""Studies on an Optuna storage: creating them, queueing cells, reaping dead workers' trials,
+and the end-of-study arm summaries.
+
+An ablation study is an Optuna study whose trials are enqueued cells (arm x seed, as trial user
+attributes); workers pull WAITING trials. Optuna gives the storage (journal file or PostgreSQL),
+atomic hand-out of queued trials and the trial states; this module adds what an ablation needs
+on top: one COMPLETE trial per cell, retried when its worker died, never run twice to completion.
+
+The study's user attribute `harness` holds everything a worker on another machine needs: the
+study type, each arm's config, the seeds, the MLflow experiment and the parent run id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import optuna
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
+
+from harness.config import Config, build_config, flatten
+from harness.errors import UsageError
+from harness.liveness import is_dead
+from harness.spec import AblationSpec
+from harness.tracking import experiment_id, redact
+
+ATTR = "harness"
+RETIRED = "harness.retired_trials"
+SUMMARY_METRICS = ("best_val_loss", "gap_at_best", "final_gap")
+REPORTED = ("best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset", "wall_s")
+
+
+def info(study: optuna.Study) -> dict[str, Any]:
+    try:
+        return study.user_attrs[ATTR]
+    except KeyError:
+        raise UsageError(f"study {study.study_name!r} was not created by ablate") from None
+
+
+def cell_key(trial: FrozenTrial) -> str | None:
+    arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+    return None if arm is None else f"{arm}/seed={seed}"
+
+
+def trials_by_cell(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    """The trials of each cell, leaving out those retired because their MLflow run was deleted."""
+    retired = set(study.user_attrs.get(RETIRED, []))
+    out: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for trial in study.get_trials(deepcopy=False):
+        key = cell_key(trial)
+        if key is not None and trial.number not in retired:
+            out[key].append(trial)
+    return out
+
+
+def retire_deleted_runs(study: optuna.Study, client: MlflowClient) -> list[int]:
+    """A COMPLETE trial whose MLflow run the user deleted no longer counts: its cell runs again.
+
+    Finished trials cannot be changed in Optuna, so the study keeps the list of retired ones.
+    """
+    retired = set(study.user_attrs.get(RETIRED, []))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.number in retired or not run_id:
+            continue
+        try:
+            gone = client.get_run(run_id).info.lifecycle_stage == "deleted"
+        except Exception:  # purged from the store entirely
+            gone = True
+        if gone:
+            retired.add(trial.number)
+    if retired != set(study.user_attrs.get(RETIRED, [])):
+        study.set_user_attr(RETIRED, sorted(retired))
+    return sorted(retired)
+
+
+def arm_configs(study: optuna.Study) -> dict[str, Config]:
+    return {label: build_config(arm["config"]) for label, arm in info(study)["arms"].items()}
+
+
+# --- creating an ablation study ----------------------------------------------------------------
+
+def check_spec_unchanged(study: optuna.Study, spec: AblationSpec) -> None:
+    """An arm label that now means a different config would silently mix two recipes."""
+    old = info(study).get("arms", {})
+    for arm in spec.arms:
+        before = old.get(arm.label)
+        if before is not None and before["hash"] != arm.config.hash():
+            was, now = flatten(before["config"]), arm.config.flat()
+            changed = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                       if was.get(k) != now.get(k)]
+            raise UsageError(
+                f"the spec of study {spec.name!r} changed since it ran: arm {arm.label!r} now differs "
+                f"({'; '.join(changed[:3])}); give the study a new name (name: {spec.name}-v2) to "
+                f"run the new recipe, or restore the spec to finish the old one")
+
+
+def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, storage_url: str,
+                    client: MlflowClient) -> optuna.Study:
+    """Create (or reopen) the study and its MLflow parent run, then queue the missing cells.
+
+    Runs in the driver before any worker starts, so workers always find a complete study.
+    """
+    existing = _find_study(storage, spec.name)
+    if existing is not None:
+        if info(existing).get("type") != "ablation":
+            raise UsageError(f"study {spec.name!r} exists and is a {info(existing).get('type')}, "
+                             f"not an ablation; rename the spec")
+        check_spec_unchanged(existing, spec)
+    study = existing or optuna.create_study(study_name=spec.name, storage=storage, direction="minimize")
+    previous = info(study) if existing is not None else {"arms": {}}
+    arms = dict(previous["arms"])
+    arms.update({a.label: {"config": a.config.to_dict(), "hash": a.config.hash()} for a in spec.arms})
+    parent = previous.get("parent_run_id") or _create_parent(client, spec, storage_url)
+    study.set_user_attr(ATTR, {
+        "type": "ablation",
+        "experiment": spec.name,
+        "parent_run_id": parent,
+        "arms": arms,
+        "seeds": sorted(set(previous.get("seeds", [])) | set(spec.seeds)),
+        "cells": sorted({*previous.get("cells", []), *(c.key for c in spec.cells)}),
+        "baseline": spec.baseline,
+    })
+    if existing is not None:
+        client.update_run(parent, status="RUNNING")
+        retire_deleted_runs(study, client)
+    enqueue_missing(study, retry_failed=True)
+    return study
+
+
+def _find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str) -> str:
+    import yaml
+
+    run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
+        "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "ablation",
+        "harness.baseline_arm": spec.baseline, "harness.storage": redact(storage_url),
+        "mlflow.note.content": spec.description or f"Ablation study {spec.name} ({spec.design})",
+    })
+    spec_doc = {"name": spec.name, "design": spec.design, "baseline": spec.baseline, "seeds": spec.seeds,
+                "base": spec.base.to_dict(),
+                "arms": [{"label": a.label, "set": a.overrides} for a in spec.arms]}
+    client.log_text(run.info.run_id, yaml.safe_dump(spec_doc, sort_keys=False), "spec.yaml")
+    return run.info.run_id
+
+
+# --- the queue --------------------------------------------------------------------------------
+
+def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
+    """Queue every cell that has no COMPLETE, WAITING or RUNNING trial.
+
+    A cell whose trial failed is queued again only with `retry_failed` (a new `ablate run`),
+    except when its worker died (reaped): that trial is retried at once, by any worker.
+    """
+    cells = info(study)["cells"]
+    by_cell = trials_by_cell(study)
+    queued = []
+    for key in cells:
+        trials = by_cell.get(key, [])
+        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            continue
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        if failed and not retry_failed and not all("harness.reaped" in t.system_attrs for t in failed):
+            continue
+        arm, seed = key.rsplit("/seed=", 1)
+        study.enqueue_trial({}, user_attrs={"arm": arm, "seed": int(seed), "attempt": len(trials) + 1})
+        queued.append(key)
+    return queued
+
+
+def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone, and close their MLflow runs as KILLED."""
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        why = is_dead(trial)
+        if why is None:
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_system_attr(trial._trial_id, "harness.reaped", why)
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker reaped it, or it just finished
+        reaped.append(trial.number)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if client is not None and run_id:
+            client.log_batch(run_id, tags=[RunTag("harness.reason", f"worker died: {why}")])
+            client.set_terminated(run_id, status="KILLED")
+    return reaped
+
+
+def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+    """Another trial of the same cell that has this cell already (complete, or started first)."""
+    key = cell_key(trial)
+    for other in trials_by_cell(study).get(key, []):
+        if other.number == trial.number:
+            continue
+        if other.state == TrialState.COMPLETE:
+            return other
+        if other.state == TrialState.RUNNING and other.number < trial.number:
+            return other
+    return None
+
+
+# --- progress and summaries ---------------------------------------------------------------------
+
+def cell_status(study: optuna.Study) -> dict[str, str]:
+    """Each cell's state: done, running, failed, waiting (or missing: not queued)."""
+    out = {}
+    by_cell = trials_by_cell(study)
+    for key in info(study)["cells"]:
+        states = {t.state for t in by_cell.get(key, [])}
+        out[key] = ("done" if TrialState.COMPLETE in states else
+                    "running" if TrialState.RUNNING in states else
+                    "waiting" if TrialState.WAITING in states else
+                    "failed" if TrialState.FAIL in states else "missing")
+    return out
+
+
+def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for key, state in cell_status(study).items():
+        arm = key.rsplit("/seed=", 1)[0]
+        row = counts.setdefault(arm, {"done": 0, "running": 0, "failed": 0, "waiting": 0, "missing": 0})
+        row[state] += 1
+    return counts
+
+
+def mean_ci(values: list[float]) -> dict[str, float]:
+    """Mean, std, n and the t-based 95% confidence interval of the mean."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "n": float(n), "ci_low": mean - half, "ci_high": mean + half}
+
+
+def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, dict[str, float]]:
+    """One MLflow run per arm (tag harness.kind=arm-summary) with mean/std/n/CI over seeds.
+
+    Re-running a completed study updates the same summary runs instead of adding new ones.
+    """
+    meta = info(study)
+    exp_id = experiment_id(client, meta["experiment"])
+    existing = {r.data.tags.get("harness.arm"): r.info.run_id for r in client.search_runs(
+        [exp_id], "tags.`harness.kind` = 'arm-summary'")}
+    by_arm: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for trials in trials_by_cell(study).values():
+        for trial in trials:
+            if trial.state == TrialState.COMPLETE:
+                by_arm[trial.user_attrs["arm"]].append(trial)
+    summaries = {}
+    now = int(time.time() * 1000)
+    for arm, trials in sorted(by_arm.items()):
+        metrics = {}
+        for name in SUMMARY_METRICS:
+            values = [t.user_attrs[name] for t in trials if name in t.user_attrs]
+            if values:
+                metrics.update({f"{name}_{k}": v for k, v in mean_ci(values).items() if not math.isnan(v)})
+        run_id = existing.get(arm) or client.create_run(exp_id, run_name=f"arm {arm}", tags={
+            "harness.kind": "arm-summary", "harness.study": meta["experiment"], "harness.arm": arm,
+            "mlflow.parentRunId": meta["parent_run_id"]}).info.run_id
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                         tags=[RunTag("harness.seeds", ",".join(str(t.user_attrs["seed"]) for t in
+                                                                 sorted(trials, key=lambda t: t.user_attrs["seed"])))])
+        client.set_terminated(run_id, status="FINISHED")
+        summaries[arm] = metrics
+    return summaries

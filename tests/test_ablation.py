@@ -1,0 +1,242 @@
+"""The study engine: specs, the queue, reruns, dead workers, and (with a server) PostgreSQL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness.cli import main
+from harness.errors import UsageError
+from harness.spec import load_spec, parse_spec
+from harness.storage import default_storage, load_study, open_storage
+
+
+def write_spec(project, tiny, name="tiny", seeds=(0, 1), factors=None, **extra):
+    base = {}
+    for key, value in tiny.items():
+        section, leaf = key.split(".")
+        base.setdefault(section, {})[leaf] = value
+    base["train"]["epochs"] = 2
+    spec = {"name": name, "base": base, "factors": factors or {"model.dropout": [0.2]},
+            "seeds": list(seeds), **extra}
+    path = project / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def store():
+    return MlflowClient(mlflow.get_tracking_uri())
+
+
+def finished_runs(client, name):
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], "tags.`harness.kind` = 'run'")
+
+
+def complete_by_cell(study):
+    out = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        key = (t.user_attrs["arm"], t.user_attrs["seed"])
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+def test_one_at_a_time_and_factorial_arms(tiny):
+    base = {"model": {"dropout": 0.0}}
+    spec = parse_spec({"name": "s", "base": base, "seeds": [0, 1, 2], "factors": {
+        "model.dropout": [0.0, 0.1, 0.3],
+        "schedule": [{"name": "step", "step_size": 4}, {"label": "cos", "value": {"name": "cosine"}}]},
+        "arms": [{"label": "adam-l2", "set": {"optim.name": "adam", "optim.weight_decay": 0.01}}]})
+    assert [a.label for a in spec.arms] == ["baseline", "dropout=0.1", "dropout=0.3",
+                                            "schedule=step(step_size=4)", "cos", "adam-l2"]
+    assert spec.skipped == ("dropout=0",) and spec.baseline == "baseline"
+    assert len(spec.cells) == 18
+    assert spec.arm("adam-l2").config.optim.name == "adam" and spec.arm("cos").config.schedule.name == "cosine"
+    fact = parse_spec({"name": "f", "design": "factorial", "seeds": [0], "base": base,
+                       "factors": {"model.dropout": [0.0, 0.2], "optim.weight_decay": [0.0, 0.1]}})
+    assert [a.label for a in fact.arms] == ["dropout=0, weight_decay=0", "dropout=0, weight_decay=0.1",
+                                            "dropout=0.2, weight_decay=0", "dropout=0.2, weight_decay=0.1"]
+    assert fact.baseline == "dropout=0, weight_decay=0"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"factors": {"model.dropuot": [0.1]}}, "factor 'model.dropuot': not a config key (did you mean 'model.dropout'?)"),
+    ({"factors": {"model.dropout": []}}, "factor 'model.dropout': needs a non-empty list of values"),
+    ({"seeds": [0, 1, 1]}, "seed 1 is listed twice"),
+    ({"seeds": []}, "seeds=[]: must be a non-empty list of integers"),
+    ({"factors": {"model.dropout": [1.5]}}, "arm 'dropout=1.5': model.dropout=1.5: Input should be less than 1"),
+    ({"factors": {"schedule.name": ["exponential"]}}, "schedule.name='exponential': unknown scheduler"),
+    ({"design": "latin-square"}, "design='latin-square': allowed: one-at-a-time, factorial"),
+    ({"name": "has space"}, "name='has space'"),
+    ({"factors": {}}, "a spec needs factors (or arms)"),
+    ({"extra_key": 1}, "spec key 'extra_key' is not known"),
+    ({"baseline": "nope"}, "baseline='nope': not an arm of this spec"),
+    ({"design": "factorial", "factors": {"model.dropout": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                                         "optim.weight_decay": [0.0, 0.01, 0.1, 0.3]},
+      "seeds": [0, 1, 2, 3, 4]}, "gives 24 arms x 5 seeds = 120 runs; pass --yes"),
+])
+def test_bad_specs_are_one_clear_error(spec, message):
+    raw = {"name": "s", "factors": {"model.dropout": [0.1]}, "seeds": [0], **spec}
+    with pytest.raises(UsageError) as err:
+        parse_spec(raw)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_spec_on_the_command_line_exits_2_and_writes_nothing(project, tiny, capsys):
+    path = write_spec(project, tiny, seeds=(0, 0))
+    assert main(["run", str(path)]) == 2
+    assert "seed 0 is listed twice" in capsys.readouterr().err
+    assert not (project / "mlruns" / "optuna.journal").exists()
+    assert not (project / "mlruns" / "mlflow.db").exists()
+    path = write_spec(project, tiny, name="short", factors={"data.block_size": [100000]})
+    assert main(["run", str(path)]) == 2
+    assert "arm 'block_size=100000': data.block_size=100000: larger than" in capsys.readouterr().err
+    assert main(["run", str(project / "none.yaml")]) == 2
+
+
+def test_dry_run_prints_the_cells_and_runs_nothing(project, tiny, capsys):
+    path = write_spec(project, tiny)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 arms x 2 seeds = 4 runs" in out and "dropout=0.2" in out
+    assert not (project / "mlruns" / "optuna.journal").exists()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("sqlite:///x.db", "SQLite is not safe"),
+    ("redis://localhost", "unknown kind of storage"),
+    ("postgresql+psycopg2://u:secret@127.0.0.1:9/db", "does not answer"),
+])
+def test_bad_storage_urls(url, message):
+    with pytest.raises(UsageError) as err:
+        open_storage(url)
+    assert message in str(err.value) and "secret" not in str(err.value)
+
+
+# --- running, rerunning --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_study_runs_every_cell_once_and_reruns_only_what_is_missing(project, tiny, capsys):
+    path = write_spec(project, tiny)
+    assert main(["run", str(path), "--workers", "2"]) == 0
+    study = load_study("tiny", default_storage())
+    assert complete_by_cell(study) == {(a, s): 1 for a in ("baseline", "dropout=0.2") for s in (0, 1)}
+    client = store()
+    runs = finished_runs(client, "tiny")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    parent_id = study.user_attrs["harness"]["parent_run_id"]
+    for r in runs:
+        assert r.data.tags["mlflow.parentRunId"] == parent_id
+        assert {"harness.study", "harness.arm", "harness.seed", "harness.config_hash", "optuna.trial_number"} <= set(r.data.tags)
+    trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.get_trials()}
+    assert trial_runs == {r.info.run_id for r in runs}
+    summaries = client.search_runs([runs[0].info.experiment_id], "tags.`harness.kind` = 'arm-summary'")
+    assert sorted(r.data.tags["harness.arm"] for r in summaries) == ["baseline", "dropout=0.2"]
+    s = next(r for r in summaries if r.data.tags["harness.arm"] == "baseline").data.metrics
+    finals = [r.data.metrics["final_gap"] for r in runs if r.data.tags["harness.arm"] == "baseline"]
+    assert s["final_gap_mean"] == pytest.approx(sum(finals) / 2) and s["final_gap_n"] == 2
+    assert s["final_gap_ci_low"] < s["final_gap_mean"] < s["final_gap_ci_high"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0  # the rerun is a no-op
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(load_study("tiny", default_storage()).trials) == 4
+
+    # The user deletes one cell's run in the UI: the rerun trains that cell again, only that one.
+    victim = runs[0]
+    client.delete_run(victim.info.run_id)
+    assert main(["run", str(path)]) == 0
+    study = load_study("tiny", default_storage())
+    assert len(study.trials) == 5
+    redone = study.trials[-1]
+    assert (redone.user_attrs["arm"], redone.user_attrs["seed"]) == (victim.data.tags["harness.arm"], int(victim.data.tags["harness.seed"]))
+    assert redone.state == TrialState.COMPLETE
+    summaries = client.search_runs([runs[0].info.experiment_id], "tags.`harness.kind` = 'arm-summary'")
+    assert len(summaries) == 2  # updated in place, not duplicated
+
+
+@pytest.mark.slow
+def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
+    path = write_spec(project, tiny, seeds=(0,), arms=[{"label": "diverges", "set": {"optim.lr": 1e30, "optim.clip_norm": None}}])
+    assert main(["run", str(path), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 3 cells did not finish (diverges/seed=0)" in out
+    study = load_study("tiny", default_storage())
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["error"].startswith("NonFiniteLoss: non-finite loss at step")
+    run = store().get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["harness.error"]
+    assert main(["ablate", "status", "tiny"][1:]) == 0
+    assert "diverges" in capsys.readouterr().out
+    assert main(["run", str(path), "--workers", "1"]) == 1
+    study = load_study("tiny", default_storage())
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 2  # retried, not skipped
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2  # the good cells were not rerun
+
+
+def test_changed_base_config_is_refused_with_the_difference(project, tiny, capsys):
+    path = write_spec(project, tiny, factors={"model.dropout": [0.2]})
+    from harness.spec import load_spec
+    from harness.study import create_ablation
+    from harness.tracking import init_store
+
+    client = init_store()
+    spec = load_spec(path)
+    create_ablation(spec, open_storage(default_storage()), default_storage(), client)
+    tiny2 = {**tiny, "model.n_embd": 64}
+    path = write_spec(project, tiny2, factors={"model.dropout": [0.2]})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the spec of study 'tiny' changed since it ran: arm 'baseline' now differs (model.n_embd: 32 -> 64)" in err
+    assert "name: tiny-v2" in err
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_loses_no_cell_and_runs_none_twice(project, tiny):
+    """Two workers; SIGKILL one mid-trial. The survivor reaps its trial and runs the cell again."""
+    path = write_spec(project, {**tiny, "train.epochs": 4, "data.train_chars": 12000}, seeds=(0, 1, 2))
+    env = {**os.environ, "ABLATE_HOME": str(project), "ABLATE_POLL_S": "0.5"}
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--workers", "2"],
+                              cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    deadline = time.time() + 180
+    while victim is None and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            study = load_study("tiny", default_storage())
+        except UsageError:  # the driver has not created the study yet
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            if "mlflow_run_id" in t.user_attrs and "harness.worker" in t.system_attrs:
+                victim = t
+                break
+    assert victim is not None, "no trial started"
+    os.kill(victim.system_attrs["harness.worker"]["pid"], signal.SIGKILL)
+    out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out
+    study = load_study("tiny", default_storage())
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and "is gone" in killed.system_attrs["harness.reaped"]
+    assert complete_by_cell(study) == {(a, s): 1 for a in ("baseline", "dropout=0.2") for s in (0, 1, 2)}
+    client = store()
+    runs = finished_runs(client, "tiny")
+    by_status = {}
+    for r in runs:
+        by_status.setdefault(r.info.status, []).append(r)
+    assert len(by_status["FINISHED"]) == 6
+    cells = {(r.data.tags["harness.arm"], r.data.tags["harness.seed"]) for r in by_status["FINISHED"]}
+    assert len(cells) == 6
+    killed_run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert killed_run.info.status == "KILLED" and "worker died" in killed_run.data.tags["harness.reason"]
+    assert "RUNNING" not in by_status
