@@ -64,7 +64,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:///"):
+    if not tracking_uri().startswith(("http://", "https://", "databricks")):
+        # A database store writes artifacts where it is told; a tracking server decides itself.
         location = (mlruns_dir() / "artifacts" / _safe(name)).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)

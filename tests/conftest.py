@@ -54,3 +54,32 @@ def tiny(small_corpus: Path) -> dict:
 def pytest_configure(config: pytest.Config) -> None:
     # Deterministic CPU math across tests; workers in subprocesses inherit it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """(create_database(name) -> URL) on a real PostgreSQL server, or skip when none can run."""
+    import uuid
+
+    from postgres import Cluster, server_bin
+
+    url = os.environ.get("ABLATE_TEST_POSTGRES_URL")
+    if url:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+
+        def create(name: str) -> str:
+            db = f"{name}_{uuid.uuid4().hex[:8]}"
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{db}"'))
+            return url.rsplit("/", 1)[0] + "/" + db
+
+        yield create
+        engine.dispose()
+        return
+    if server_bin() is None:
+        pytest.skip("no PostgreSQL server: apt-get install postgresql, or set ABLATE_TEST_POSTGRES_URL")
+    cluster = Cluster()
+    yield lambda name: cluster.create_database(f"{name}_{uuid.uuid4().hex[:8]}")
+    cluster.stop()

@@ -240,3 +240,36 @@ def test_sigkilled_worker_loses_no_cell_and_runs_none_twice(project, tiny):
     killed_run = client.get_run(victim.user_attrs["mlflow_run_id"])
     assert killed_run.info.status == "KILLED" and "worker died" in killed_run.data.tags["harness.reason"]
     assert "RUNNING" not in by_status
+
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, postgres_server, monkeypatch):
+    """The several-machine set-up on one machine: Optuna and MLflow both on PostgreSQL, the
+    study created by the driver, then three `ablate worker` processes joining it."""
+    from harness.spec import load_spec
+    from harness.study import create_ablation
+    from harness.tracking import init_store
+
+    storage_url = postgres_server("optuna")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_server("mlflow"))
+    path = write_spec(project, tiny, seeds=(0, 1, 2), factors={"model.dropout": [0.2], "augment.noise": [0.05]})
+    client = init_store()
+    create_ablation(load_spec(path), open_storage(storage_url), storage_url, client)
+    env = {**os.environ, "ABLATE_HOME": str(project), "ABLATE_POLL_S": "0.5"}
+    workers = [subprocess.Popen([sys.executable, "-m", "harness.cli", "worker", "--study", "tiny",
+                                 "--storage", storage_url, "--threads", "1"],
+                                cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(3)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+    trained = [int(o.split("worker done: ")[1].split()[0]) for o in outputs]
+    assert sum(trained) == 9 and all(n >= 1 for n in trained)  # the work was shared
+    study = load_study("tiny", storage_url)
+    arms = ("baseline", "dropout=0.2", "noise=0.05")
+    assert complete_by_cell(study) == {(a, s): 1 for a in arms for s in (0, 1, 2)}
+    assert len(study.trials) == 9
+    runs = finished_runs(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), "tiny")
+    assert sorted((r.data.tags["harness.arm"], r.data.tags["harness.seed"]) for r in runs) == \
+        sorted((a, str(s)) for a in arms for s in (0, 1, 2))
+    assert all(r.info.status == "FINISHED" for r in runs)

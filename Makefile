@@ -1,0 +1,39 @@
+# Two entry points, each doing all of its own set-up on a fresh machine:
+#   make demo   the quick ablation study with its report
+#   make test   the whole test suite (slow end-to-end and service tests included)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast system-deps clean-demo
+
+demo: $(STAMP)
+	$(VENV)/bin/ablate run experiments/quick.yaml
+	$(VENV)/bin/ablate report quick
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+# torch first, pinned: its CPU build lies on this kind of machine, and an unpinned torch would
+# pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,dashboard]'
+	touch $@
+
+# PostgreSQL and Chromium for the service tests (Debian packages; needs root). Without them
+# those tests skip and say why.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium >/dev/null; \
+	  fi; \
+	else echo "note: not root or no apt-get: PostgreSQL/Chromium tests skip unless installed"; fi
+
+clean-demo:
+	rm -rf reports/quick
