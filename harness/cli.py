@@ -7,7 +7,6 @@ stderr naming what is wrong and what is allowed, nothing written to the stores);
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Callable
 
@@ -62,6 +61,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch:g}; gap at best {s.gap_at_best:.4f}; "
           f"final gap {s.final_gap:.4f}; {s.wall_s:.1f} s, {s.n_params:,} parameters")
     print(f"  open it: ablate ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/{exp_id}/runs/{outcome.run_id}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="compare the arms of a study: reports/NAME/")
+    p.add_argument("name", help="the study (MLflow experiment) name")
+    p.add_argument("--out", help="output folder (default: reports/NAME)")
+    p.add_argument("--baseline", help="the arm to compare against (default: the study's baseline)")
+    p.add_argument("--metric", default="final_gap", help="the metric of the verdicts (default: final_gap)")
+    p.add_argument("--group-by", default="harness.arm",
+                   help="tag (or params.KEY) that names a run's arm, for loose ablate train runs")
+    p.add_argument("--ui-url", default=f"http://{UI_HOST}:{UI_PORT}", help="MLflow UI address for links")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.report import build_report
+    from harness.tracking import init_store
+
+    init_store()
+    result = build_report(args.name, out_dir=Path(args.out) if args.out else None, baseline=args.baseline,
+                          metric=args.metric, ui_url=args.ui_url, group_by=args.group_by)
+    print(f"report: {result.out_dir / 'index.html'}")
+    for line in result.summary_lines:
+        print(f"  {line}")
     return 0
 
 
@@ -125,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.ablation import run_ablation
 
     _positive("--workers", args.workers)
-    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes)
+    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes or args.dry_run)
 
 
 def _positive(option: str, value: int | None) -> None:
@@ -186,7 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_run, _add_search, _add_worker, _add_status, _add_data, _add_ui]
+    _add_train, _add_run, _add_search, _add_worker, _add_status, _add_report, _add_data, _add_ui]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,9 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # MLflow announces its database migrations at INFO; a user's terminal needs warnings only.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -162,6 +162,12 @@ class Config(_Section):
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+    def recipe_hash(self) -> str:
+        """The hash without train.seed: the same for every seed of one recipe (paired runs)."""
+        tree = self.to_dict()
+        del tree["train"]["seed"]
+        return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())
 

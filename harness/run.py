@@ -47,7 +47,8 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
     `on_start(run_id)` is called once the run exists (a trial records its run id there).
     """
     data = dataset or preflight(cfg)
-    run_tags = {"harness.config_hash": cfg.hash(), "harness.seed": cfg.train.seed, **(tags or {})}
+    run_tags = {"harness.config_hash": cfg.hash(), "harness.recipe_hash": cfg.recipe_hash(),
+                "harness.seed": cfg.train.seed, **(tags or {})}
     tracker = RunTracker.start(client, experiment, run_name, run_tags, cfg.flat(), parent_run_id)
     tracker.log_config(cfg.to_dict())
     if on_start:

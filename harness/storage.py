@@ -28,6 +28,7 @@ def default_storage() -> str:
 
 def open_storage(url: str) -> BaseStorage:
     """The Optuna storage behind `url`; UsageError naming the URL when it is not usable."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created" per process
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):]).expanduser()
         try:

@@ -8,6 +8,7 @@ on the database inside the training loop; `finish` waits for them before closing
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -39,6 +40,8 @@ def init_store() -> MlflowClient:
     Called by drivers before any worker starts: MLflow migrates a new SQLite database on first
     use, and two processes doing that at once race.
     """
+    # MLflow sets its logger to INFO on import, announcing database migrations to the user.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

@@ -118,8 +118,8 @@ def make_optimizer(model: GPT, cfg: Config) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def mean_loss(model: GPT, windows: torch.Tensor, batch_size: int, device: torch.device,
-              autocast: contextlib.AbstractContextManager) -> float:
+def mean_loss(model: GPT, loss_fn: Callable, windows: torch.Tensor, batch_size: int,
+              device: torch.device, autocast: contextlib.AbstractContextManager) -> float:
     """Eval-mode mean loss per character over `windows` (no dropout, no augmentation)."""
     was_training = model.training
     model.eval()
@@ -127,7 +127,7 @@ def mean_loss(model: GPT, windows: torch.Tensor, batch_size: int, device: torch.
     for batch in windows.split(batch_size):
         batch = batch.to(device)
         with autocast:
-            loss = model.loss(batch[:, :-1], batch[:, 1:])
+            loss = loss_fn(batch[:, :-1], batch[:, 1:])
         total += float(loss) * len(batch)
         count += len(batch)
     model.train(was_training)
@@ -151,7 +151,9 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
     model = build_model(cfg, vocab_size).to(device)
     n_params = model.n_params()
     optimizer = make_optimizer(model, cfg)
-    step_model = torch.compile(model) if t.compile else model
+    # Compile the loss, not the module: `model.loss` on a compiled module would call the
+    # original, uncompiled forward.
+    loss_fn = torch.compile(model.loss) if t.compile else model.loss
 
     block, bs = cfg.data.block_size, t.batch_size
     steps_per_epoch = math.ceil(windows_per_epoch(len(data.train), block) / bs)
@@ -210,8 +212,8 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
             step=step,
             epoch=epoch + batch_in_epoch / n_batches,
             train_loss=stats.loss_sum / max(stats.steps, 1),
-            train_eval_loss=mean_loss(step_model, train_sample, bs, device, autocast),
-            val_loss=mean_loss(step_model, val_sample, bs, device, autocast),
+            train_eval_loss=mean_loss(model, loss_fn, train_sample, bs, device, autocast),
+            val_loss=mean_loss(model, loss_fn, val_sample, bs, device, autocast),
             lr=schedule.lr,
             grad_norm=stats.norm_sum / max(stats.steps, 1),
             grad_norm_max=stats.norm_max,
@@ -232,7 +234,7 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
                 x = augment_inputs(batch[:, :-1], cfg.augment, vocab_size, augment_rng).to(device)
                 y = batch[:, 1:].to(device)
                 with autocast:
-                    loss = step_model.loss(x, y)
+                    loss = loss_fn(x, y)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(step + 1)

@@ -12,9 +12,13 @@ from harness.tracking import init_store, redact, tracking_uri
 
 
 def mlflow_ui_command(host: str, port: int) -> list[str]:
-    """The stock command; the README shows the same with the default store spelled out."""
+    """The stock command; the README shows the same with the default store spelled out.
+
+    One server worker: a local UI has one reader, and each extra worker is a process that
+    imports all of MLflow (seconds of CPU on a laptop).
+    """
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--workers", "1"]
 
 
 def dashboard_command(storage: str, host: str, port: int) -> list[str]:

@@ -81,3 +81,9 @@ def test_mapping_values_merge_but_a_new_scheduler_replaces_the_schedule():
     assert cfg.schedule.name == "step" and cfg.schedule.step_size == 2
     cfg = build_config(base, {"schedule": {"eta_min": 0.0001}})
     assert cfg.schedule.name == "cosine" and cfg.schedule.eta_min == 0.0001
+
+
+def test_recipe_hash_ignores_only_the_seed():
+    a, b = build_config({}, {"train.seed": 0}), build_config({}, {"train.seed": 1})
+    assert a.hash() != b.hash() and a.recipe_hash() == b.recipe_hash()
+    assert build_config({}, {"model.dropout": 0.1}).recipe_hash() != a.recipe_hash()

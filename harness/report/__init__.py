@@ -122,7 +122,8 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
 def _in_order(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     rank = {arm: i for i, arm in enumerate(order)}
     keyed = runs.assign(_rank=runs["arm"].map(rank))
-    return keyed.sort_values(["_rank", "seed", "run_id"], na_position="last").drop(columns="_rank").reset_index(drop=True)
+    keyed = keyed.sort_values(["_rank", "seed", "run_id"], na_position="last")
+    return keyed.drop(columns="_rank").reset_index(drop=True)
 
 
 def _comparisons(runs: pd.DataFrame, grouped: arms_mod.Arms, metric: str) -> pd.DataFrame:
@@ -130,7 +131,7 @@ def _comparisons(runs: pd.DataFrame, grouped: arms_mod.Arms, metric: str) -> pd.
         return pd.DataFrame(columns=["arm", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p",
                                      "p_holm", "p_better", "n_better", "verdict"])
     table = stats.compare(runs, grouped.order, grouped.baseline, metric)
-    table["verdict"] = [verdict(row, metric, grouped.baseline) for _, row in table.iterrows()]
+    table["verdict"] = [verdict(row, metric, grouped.baseline) for row in table.to_dict("records")]
     return table
 
 
@@ -139,7 +140,12 @@ def _ranked(arm_stats: pd.DataFrame, order: list[str], metric: str) -> list[str]
     means = arm_stats[arm_stats["metric"] == metric].set_index("arm")["mean"]
     sign = 1 if stats.METRICS[metric].lower_is_better else -1
     rank = {a: i for i, a in enumerate(order)}
-    return sorted(order, key=lambda a: (bool(math.isnan(means[a])), 0 if math.isnan(means[a]) else sign * means[a], rank[a]))
+
+    def key(arm: str) -> tuple:
+        value = means[arm]
+        return (bool(math.isnan(value)), 0.0 if math.isnan(value) else sign * value, rank[arm])
+
+    return sorted(order, key=key)
 
 
 def _featured(arm_stats: pd.DataFrame, order: list[str], baseline: str | None, metric: str) -> list[str]:
@@ -173,7 +179,8 @@ def _summary(content: render.ReportContent, index_html: Path) -> list[str]:
 
 
 def _headline(content: render.ReportContent) -> str:
-    """The verdict of the arm with the largest significant improvement, else of the best arm."""
+    """The verdict of the arm with the largest significant improvement, else of the arm whose
+    mean paired difference is the most favourable."""
     table = content.comparisons
     if content.baseline is None or table.empty:
         return content.baseline_note

@@ -33,7 +33,8 @@ def group_runs(runs: pd.DataFrame, *, study: str, study_type: str | None, group_
     """Split `runs` (collect.StudyData.runs) into included and excluded, label arms, pick a baseline.
 
     Arm of a run: the value of the `group_by` tag (or ``params.<key>``, labelled key=value);
-    without it, ``trial-<optuna.trial_number>`` for search trials, else ``config-<harness.config_hash>``.
+    without it, ``trial-<optuna.trial_number>`` for search trials, else ``config-<harness.recipe_hash>``
+    (``harness.config_hash`` for runs logged before the recipe hash existed).
     Baseline: `requested_baseline`, else the parent's harness.baseline_arm, else an arm named
     "baseline". Raises UsageError when no run is usable or the requested baseline is no arm.
     """
@@ -77,7 +78,8 @@ def _labels(runs: pd.DataFrame, study_type: str | None, group_by: str) -> pd.Ser
     trial = _column(runs, "tags.optuna.trial_number")
     if study_type == "search":
         label = label.fillna(("trial-" + trial.astype("string")).astype("object").where(trial.notna()))
-    config = _column(runs, "tags.harness.config_hash")
+    # The recipe hash leaves the seed out, so the seeds of one recipe form one arm.
+    config = _column(runs, "tags.harness.recipe_hash").fillna(_column(runs, "tags.harness.config_hash"))
     label = label.fillna(("config-" + config.astype("string")).astype("object").where(config.notna()))
     return label.fillna("run-" + runs["run_id"].str[:8]).astype(str)
 

@@ -86,7 +86,7 @@ def _grouping(content: ReportContent) -> str:
     return f"arm = {content.group_by}; without it, {fallback}"
 
 
-def _cell(s: pd.Series, n_runs: int) -> tuple[str, str]:
+def _cell(s: dict, n_runs: int) -> tuple[str, str]:
     """('mean ± std', '[ci_low, ci_high]') of one arm_table row; the second part may be empty."""
     if math.isnan(s["mean"]):
         return "n/a", ""
@@ -101,13 +101,13 @@ def arm_rows(content: ReportContent, arms: list[str]) -> list[dict]:
 
     A metric some runs lack (overfit_onset when val loss never rose) notes how many have it.
     """
-    stats = content.arm_stats.set_index(["arm", "metric"])
-    counts = content.runs["arm"].value_counts()
+    stats = content.arm_stats.set_index(["arm", "metric"]).to_dict("index")
+    counts = content.runs["arm"].value_counts().to_dict()
     rows = []
     for arm in arms:
         row = {"arm": arm, "url": content.arm_links[arm], "n": str(counts[arm]),
                "baseline": arm == content.baseline, "settings": content.arm_settings.get(arm, "")}
-        row |= {metric: _cell(stats.loc[(arm, metric)], counts[arm]) for metric in ARM_METRICS}
+        row |= {metric: _cell(stats[(arm, metric)], counts[arm]) for metric in ARM_METRICS}
         rows.append(row)
     return rows
 
@@ -120,12 +120,12 @@ def _p(p: float) -> str:
 
 def comparison_rows(content: ReportContent, arms: list[str]) -> list[dict[str, str]]:
     """Per compared arm: pairs, mean difference [CI], p-values, P(better), seeds better, verdict."""
-    table = content.comparisons.set_index("arm")
+    table = content.comparisons.set_index("arm").to_dict("index")
     rows = []
     for arm in arms:
-        if arm not in table.index:
+        if arm not in table:
             continue
-        c = table.loc[arm]
+        c = table[arm]
         diff = "n/a" if c["n"] == 0 else f"{c['mean_diff']:+.3g}" + (
             "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]")
         rows.append({
@@ -182,8 +182,8 @@ def _data_uri(path: Path) -> str:
 def _verdicts(content: ReportContent) -> list[str]:
     if content.comparisons.empty:
         return []
-    table = content.comparisons.set_index("arm")
-    return [table.loc[a, "verdict"] for a in content.featured if a in table.index]
+    verdicts = dict(zip(content.comparisons["arm"], content.comparisons["verdict"]))
+    return [verdicts[a] for a in content.featured if a in verdicts]
 
 
 def md(text: object) -> str:
@@ -224,7 +224,8 @@ def write_markdown(content: ReportContent, path: Path) -> None:
                       f"and the best by {content.metric}; index.html and runs.csv have all of them._"]
     comparisons = comparison_rows(content, arms)
     if comparisons:
-        lines += ["", f"## Against the baseline: {md(METRICS[content.metric].noun)} ({content.metric}), paired by seed", ""]
+        noun = md(METRICS[content.metric].noun)
+        lines += ["", f"## Against the baseline: {noun} ({content.metric}), paired by seed", ""]
         lines += _md_table(
             ["arm", "pairs", "mean diff [95% CI]", "t-test p", "Wilcoxon p", "p (Holm)", "P(better)", "better on"],
             [[link(r["arm"], r["url"]), r["n"], r["diff"], md(r["t_p"]), md(r["wilcoxon_p"]), md(r["p_holm"]),

@@ -9,14 +9,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import optuna
 import pandas as pd
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
-
-_RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
 @dataclass(frozen=True)
@@ -34,22 +31,23 @@ class SearchData:
 
 
 def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage from the URL recorded in harness.storage.
+    """A read-only view of the Optuna storage recorded in harness.storage.
 
-    RDB URLs (sqlite:///, postgresql+psycopg2://, ...) go to Optuna as they are. A journal file
-    may be given as ``journal:PATH``, ``journal:///PATH``, ``file:PATH`` or a plain path.
-    Raises FileNotFoundError for a file that does not exist rather than creating it.
+    Same URLs as the study engine (harness.storage): ``journal:PATH``, or an RDB URL
+    (postgresql+psycopg2://..., sqlite:///...). Unlike the engine it never creates anything:
+    a journal file or SQLite database that does not exist raises FileNotFoundError. The tag has
+    its password removed, so a password-protected server answers with an authentication error.
     """
-    parsed = urlparse(url)
-    scheme = parsed.scheme.split("+")[0]
-    if scheme in _RDB_SCHEMES:
-        if scheme == "sqlite" and not Path(url.split(":///", 1)[-1]).exists():
-            raise FileNotFoundError(url)
-        return optuna.storages.RDBStorage(url)
-    path = Path(parsed.path if scheme in ("journal", "file") else url)
-    if not path.exists():
-        raise FileNotFoundError(str(path))
-    return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no journal file {path}")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no SQLite database {url[len('sqlite:///'):]}")
+    # Seconds, not minutes, when a server is down: the report goes on without Optuna.
+    connect = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect}, skip_table_creation=True)
 
 
 def load_search(name: str, storage_url: str | None, objective_tag: str | None) -> tuple[SearchData | None, str]:
@@ -59,7 +57,7 @@ def load_search(name: str, storage_url: str | None, objective_tag: str | None) -
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
     except Exception as exc:  # noqa: BLE001 - any storage failure only costs the Optuna figures
-        return None, f"Optuna study {name!r} could not be read from {storage_url}: {type(exc).__name__}: {exc}"
+        return None, f"Optuna study {name!r} could not be read from {storage_url}: {_reason(exc)}"
     directions = [d.name.lower() for d in study.directions]
     names = [s.strip() for s in (objective_tag or "").split(",") if s.strip()]
     if len(names) != len(directions):
@@ -69,6 +67,14 @@ def load_search(name: str, storage_url: str | None, objective_tag: str | None) -
     importances, notes = _importances(study, names, directions) if done else (_no_importance(), [])
     note = "; ".join([f"Optuna study {name!r} in {storage_url}: {len(done)} completed trials", *notes])
     return SearchData(names, directions, trials, importances, note), note
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause in one line: Optuna wraps driver errors in vaguer ones of its own."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"
 
 
 def _no_importance() -> pd.DataFrame:
@@ -82,6 +88,9 @@ def _importances(study: optuna.Study, names: list[str], directions: list[str]) -
         sign = 1.0 if direction == "minimize" else -1.0
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # Optuna warns on every explicit target that it ranks params for *low* values;
+            # the sign above already takes care of that.
+            warnings.filterwarnings("ignore", message=".*to achieve low `target` values")
             try:
                 values = optuna.importance.get_param_importances(
                     study, target=lambda t, i=i, sign=sign: sign * t.values[i])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import stats
 
 CONFIDENCE = 0.95
@@ -50,41 +51,30 @@ METRICS: dict[str, MetricInfo] = {
 """Metrics a comparison can be made on (--metric), with the words a verdict uses."""
 
 
-def describe(values: np.ndarray | pd.Series) -> dict[str, float]:
-    """n, mean, std, ci_low, ci_high of the non-missing values (std and CI need n >= 2)."""
-    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
-    n = len(x)
-    out = {"n": n, "mean": np.nan, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-    if n == 0:
-        return out
-    out["mean"] = float(x.mean())
-    if n >= 2:
-        out["std"] = float(x.std(ddof=1))
-        out["ci_low"], out["ci_high"] = _t_interval(out["mean"], out["std"] / np.sqrt(n), n - 1)
-    return out
-
-
-def _t_interval(mean: float, se: float, df: int) -> tuple[float, float]:
-    if se == 0:
-        return mean, mean
-    low, high = stats.t.interval(CONFIDENCE, df, loc=mean, scale=se)
-    return float(low), float(high)
+def t_interval(mean: ArrayLike, std: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """95% t-interval of a mean from the sample sd and size, elementwise; NaN where n < 2."""
+    mean, std, n = (np.asarray(a, dtype=float) for a in (mean, std, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / np.sqrt(n)
+    half = np.where(n >= 2, half, np.nan)
+    return mean - half, mean + half
 
 
 def arm_table(runs: pd.DataFrame, order: list[str], metrics: tuple[str, ...] = ARM_METRICS) -> pd.DataFrame:
-    """One row per (arm, metric) in `order`: arm, metric, n, mean, std, ci_low, ci_high.
+    """One row per (arm, metric), arms in `order`: arm, metric, n, mean, std, ci_low, ci_high.
 
-    `runs` has an ``arm`` column and one column per metric; an absent metric column counts as
-    all missing (n = 0).
+    `runs` has an ``arm`` column and one column per metric. n counts the runs with a value;
+    std (ddof=1) and the CI need n >= 2. An absent metric column counts as all missing.
     """
-    rows = []
-    groups = {arm: frame for arm, frame in runs.groupby("arm", sort=False)}
-    for arm in order:
-        frame = groups[arm]
-        for metric in metrics:
-            values = frame[metric] if metric in frame else pd.Series(dtype=float)
-            rows.append({"arm": arm, "metric": metric, **describe(values)})
-    return pd.DataFrame(rows, columns=["arm", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+    present = [m for m in metrics if m in runs]
+    values = runs[present].apply(pd.to_numeric, errors="coerce").groupby(runs["arm"])
+    table = pd.concat({"n": values.count().stack(), "mean": values.mean().stack(),
+                       "std": values.std(ddof=1).stack()}, axis=1, sort=False)
+    full = pd.MultiIndex.from_product([order, metrics], names=["arm", "metric"])
+    table = table.reindex(full)
+    table["n"] = table["n"].fillna(0).astype(int)
+    table["ci_low"], table["ci_high"] = t_interval(table["mean"], table["std"], table["n"])
+    return table.reset_index()
 
 
 @dataclass(frozen=True)
@@ -101,15 +91,15 @@ class Paired:
     n_better: int
 
 
-def paired(arm: pd.Series, baseline: pd.Series, lower_is_better: bool = True) -> Paired:
-    """Compare two series indexed by seed on the seeds both have.
+def paired(arm: ArrayLike, baseline: ArrayLike, lower_is_better: bool = True) -> Paired:
+    """Compare two arrays aligned by seed (NaN: no run with that seed) on the seeds both have.
 
     n = 1 gives the difference only (no CI, no test, no P(better)). The t-test is
     scipy.stats.ttest_rel; the Wilcoxon signed-rank test needs a non-zero difference.
     """
-    both = pd.concat({"arm": arm, "base": baseline}, axis=1).dropna()
-    a = both["arm"].to_numpy(float)
-    b = both["base"].to_numpy(float)
+    a, b = np.asarray(arm, dtype=float), np.asarray(baseline, dtype=float)
+    shared = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[shared], b[shared]
     d = a - b
     n = len(d)
     sign = -1.0 if lower_is_better else 1.0
@@ -119,8 +109,9 @@ def paired(arm: pd.Series, baseline: pd.Series, lower_is_better: bool = True) ->
     mean = float(d.mean())
     if n == 1:
         return Paired(1, mean, np.nan, np.nan, np.nan, np.nan, np.nan, n_better)
-    se = float(d.std(ddof=1) / np.sqrt(n))
-    low, high = _t_interval(mean, se, n - 1)
+    sd = float(d.std(ddof=1))
+    se = sd / np.sqrt(n)
+    low, high = (float(v) for v in t_interval(mean, sd, n))
     if se == 0:
         # Every seed moved by the same amount: t is undefined, the direction is certain.
         t_p, p_better = np.nan, float(np.sign(sign * mean) / 2 + 0.5)
@@ -157,24 +148,21 @@ def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
     return out
 
 
-def seed_means(runs: pd.DataFrame, arm: str, metric: str) -> pd.Series:
-    """The metric of one arm per seed (runs sharing a seed averaged); runs without a seed dropped."""
-    frame = runs[(runs["arm"] == arm) & runs["seed"].notna()]
-    if metric not in frame:
-        return pd.Series(dtype=float)
-    return pd.to_numeric(frame[metric], errors="coerce").groupby(frame["seed"]).mean()
-
-
 def compare(runs: pd.DataFrame, order: list[str], baseline: str, metric: str) -> pd.DataFrame:
     """Every arm but the baseline against it on `metric`, in `order`.
 
-    Columns: arm, n (paired seeds), mean_diff, ci_low, ci_high, t_p, wilcoxon_p, p_holm,
-    p_better, n_better.
+    Runs pair by their ``seed`` column (runs without one are left out); runs of one arm sharing
+    a seed are averaged first. Columns: arm, n (paired seeds), mean_diff, ci_low, ci_high, t_p,
+    wilcoxon_p, p_holm, p_better, n_better.
     """
     lower = METRICS[metric].lower_is_better
-    base = seed_means(runs, baseline, metric)
-    rows = [{"arm": arm, **paired(seed_means(runs, arm, metric), base, lower).__dict__}
-            for arm in order if arm != baseline]
+    frame = runs[runs["seed"].notna()]
+    values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else pd.Series(np.nan, frame.index)
+    by_seed = values.groupby([frame["arm"], frame["seed"]]).mean().unstack("seed").reindex(order)
+    matrix = by_seed.to_numpy(dtype=float)  # arms x seeds, NaN where an arm lacks a seed
+    base = matrix[order.index(baseline)]
+    rows = [{"arm": arm, **paired(row, base, lower).__dict__}
+            for arm, row in zip(order, matrix) if arm != baseline]
     table = pd.DataFrame(rows, columns=["arm", "n", "mean_diff", "ci_low", "ci_high", "t_p",
                                         "wilcoxon_p", "p_better", "n_better"])
     table.insert(table.columns.get_loc("wilcoxon_p") + 1, "p_holm", holm(table["t_p"].to_numpy()))
@@ -192,12 +180,9 @@ def curve_bands(history: pd.DataFrame, metric: str) -> pd.DataFrame:
     frame = history[["arm", "step", x_col, metric]].dropna(subset=[metric])
     g = frame.groupby(["arm", "step"], sort=True)
     out = g.agg(x=(x_col, "mean"), n=(metric, "size"), mean=(metric, "mean"), sd=(metric, "std")).reset_index()
-    n = out["n"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(n - 1, 1)) * out["sd"].to_numpy(float) / np.sqrt(n)
-    half = np.where(n >= 2, np.nan_to_num(half), 0.0)
-    out["low"] = out["mean"] - half
-    out["high"] = out["mean"] + half
+    low, high = t_interval(out["mean"], out["sd"], out["n"])
+    out["low"] = np.where(out["n"] >= 2, low, out["mean"])
+    out["high"] = np.where(out["n"] >= 2, high, out["mean"])
     return out.drop(columns="sd")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-
-import pandas as pd
+from collections.abc import Mapping
+from typing import Any
 
 from harness.report.stats import METRICS
 
@@ -27,7 +27,7 @@ def p_text(p: float) -> str:
     return "<0.001" if p < 0.001 else f"={p:.2g}"
 
 
-def verdict(row: pd.Series, metric: str, baseline: str) -> str:
+def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
     """The sentence for one row of stats.compare.
 
     n = 0: not compared; n = 1: the difference, no test; 2 <= n < MIN_SEEDS: the numbers with
