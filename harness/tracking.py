@@ -71,7 +71,9 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         # A database store writes artifacts where it is told; a tracking server decides itself.
         location = (mlruns_dir() / "artifacts" / _safe(name)).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # The kind tag makes the MLflow 3 UI open on the runs table, not its GenAI overview.
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:
         # Another process created it between our lookup and create.
         exp = client.get_experiment_by_name(name)

@@ -155,3 +155,24 @@ def test_overfit_onset_and_summary():
     assert s.gap_at_best == pytest.approx(0.3) and s.final_gap == pytest.approx(1.3)
     assert s.max_gap == pytest.approx(1.3) and s.overfit_onset == 2.0
     assert "overfit_onset" not in summarize(history[:2], 2, 1.0, 10).metrics()
+
+
+def test_bf16_autocast_trains_close_to_fp32(tiny):
+    fp32 = train(build_config({}, {**tiny, "train.epochs": 2}))
+    bf16 = train(build_config({}, {**tiny, "train.epochs": 2, "train.precision": "bf16"}))
+    assert all(math.isfinite(e.val_loss) for e in bf16.history)
+    assert bf16.history[-1].val_loss == pytest.approx(fp32.history[-1].val_loss, abs=0.1)
+
+
+def test_cuda_is_refused_where_there_is_none(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="train.device='cuda': no CUDA device"):
+        train(build_config({}, {**tiny, "train.device": "cuda"}))
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny):
+    eager = train(build_config({}, {**tiny, "train.epochs": 1}))
+    compiled = train(build_config({}, {**tiny, "train.epochs": 1, "train.compile": True}))
+    assert compiled.history[-1].val_loss == pytest.approx(eager.history[-1].val_loss, abs=1e-3)

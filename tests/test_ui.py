@@ -76,7 +76,7 @@ def test_ui_lists_the_study_and_its_runs(project, tiny):
         assert sorted(r["info"]["run_id"] for r in found["runs"]) == sorted(run_ids)
 
         with Browser(timeout=60) as browser:
-            browser.open(f"{base}/#/experiments/{exp['experiment_id']}")
+            browser.open(f"{base}/#/experiments/{exp['experiment_id']}/runs")
             deadline = time.time() + 60
             text = ""
             while time.time() < deadline and not all(f"ui-run-{s}" in text for s in (0, 1)):
