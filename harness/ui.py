@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -40,12 +43,17 @@ def serve(host: str, port: int, optuna: bool = False, storage: str | None = None
     print(f"MLflow UI: http://{host}:{port}  (store {redact(tracking_uri())})", flush=True)
     if optuna:
         print(f"optuna-dashboard: http://{host}:{port + 1}", flush=True)
-    procs = [subprocess.Popen(cmd) for cmd in commands]
+    # Each server in its own process group: the MLflow UI runs uvicorn children that must go
+    # down with it, and SIGTERM (from a service manager or a test) stops us like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    procs = [subprocess.Popen(cmd, start_new_session=True) for cmd in commands]
     try:
         return max(p.wait() for p in procs)
     except KeyboardInterrupt:
+        return 0
+    finally:
         for p in procs:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait()
-        return 0

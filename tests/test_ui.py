@@ -89,3 +89,14 @@ def test_ui_lists_the_study_and_its_runs(project, tiny):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # The UI's server processes (uvicorn, MLflow's job runners) go down with it.
+    deadline = time.time() + 30
+    while time.time() < deadline and leftovers(project):
+        time.sleep(1)
+    assert leftovers(project) == []
+
+
+def leftovers(project) -> list[str]:
+    """Processes whose command line names this test's store."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(project) in line and "pytest" not in line]
