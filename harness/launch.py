@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
            poll_s: float = 2.0) -> list[int]:
     """A progress bar over `done()` until every worker exits; returns their exit codes.
 
-    Ctrl-C stops the workers (they mark their trials failed; a rerun finishes them).
+    Ctrl-C reaches the workers as SIGINT, so each closes its MLflow run (KILLED, with a
+    checkpoint) and marks its trial failed; a rerun finishes those cells.
     """
     bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
@@ -57,9 +59,13 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
         bar.refresh()
     except KeyboardInterrupt:
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for p in procs:
-            p.wait()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
     finally:
         bar.close()

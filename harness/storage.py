@@ -55,8 +55,16 @@ def _connect_args(url: str) -> dict:
 
 
 def dashboard_storage(url: str) -> str:
-    """What optuna-dashboard takes for the same storage: a journal's file path, or the RDB URL."""
-    return url[len("journal:"):] if url.startswith("journal:") else url
+    """What optuna-dashboard takes for the same storage: a journal's file path, or the RDB URL.
+
+    optuna-dashboard (0.21) recognises a journal only as an existing file: it guesses the storage
+    kind from the path and exits on a path that is not there yet. A project with no study has no
+    journal, so it is created (empty) first.
+    """
+    if not url.startswith("journal:"):
+        return url
+    open_storage(url)  # creates the journal file when missing
+    return url[len("journal:"):]
 
 
 def load_study(name: str, url: str) -> optuna.Study:
