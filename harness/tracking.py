@@ -7,6 +7,7 @@ on the database inside the training loop; `finish` waits for them before closing
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,17 +38,26 @@ def tracking_uri() -> str:
 def init_store() -> MlflowClient:
     """Point MLflow at the project's store and create its database once.
 
-    Called by drivers before any worker starts: MLflow migrates a new SQLite database on first
-    use, and two processes doing that at once race.
+    MLflow migrates a new SQLite database on first use, and two processes doing that at once
+    race ("table ... already exists"): a file lock beside the database serialises the first
+    opening, whether the processes are a driver's workers or two `ablate train` started together.
     """
     # MLflow sets its logger to INFO on import, announcing database migrations to the user.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    if not uri.startswith("sqlite:///"):
+        return _open_client(uri)
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.parent / ".mlflow-db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _open_client(uri)
+
+
+def _open_client(uri: str) -> MlflowClient:
     try:
+        client = MlflowClient(uri)
         client.search_experiments(max_results=1)
     except Exception as exc:
         raise UsageError(f"MLflow tracking store {redact(uri)!r} does not answer: "

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -157,3 +158,23 @@ def test_run_tracker_redacts_nothing_but_passwords():
     from harness.tracking import redact
     assert redact("postgresql+psycopg2://me:secret@127.0.0.1:5432/db") == "postgresql+psycopg2://me:***@127.0.0.1:5432/db"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _init_in(home: str) -> str:
+    os.environ["ABLATE_HOME"] = home
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    init_store()
+    return "ok"
+
+
+@pytest.mark.slow
+def test_processes_starting_together_on_a_fresh_store_do_not_race_its_creation(tmp_path):
+    """Two `ablate train` started at once on a new project both migrate the new database unless
+    its creation is serialised; one then fails with 'table ... already exists'."""
+    import multiprocessing
+
+    for attempt in range(2):
+        home = tmp_path / f"p{attempt}"
+        home.mkdir()
+        with multiprocessing.get_context("spawn").Pool(3) as pool:
+            assert pool.map(_init_in, [str(home)] * 3) == ["ok"] * 3
