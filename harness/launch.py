@@ -51,7 +51,9 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
     """
     bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
-        while any(p.poll() is None for p in procs):
+        # Poll every worker each round (no short-circuit): polling reaps an exited worker, and
+        # an unreaped one stays a zombie that its peers would take for alive.
+        while [p.poll() for p in procs].count(None):
             time.sleep(poll_s)
             bar.n = done()
             bar.refresh()

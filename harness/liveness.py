@@ -24,13 +24,18 @@ ATTR = "harness.worker"
 
 
 def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: tells a reused pid from the original."""
+    """The process's start time in clock ticks since boot (tells a reused pid from the
+    original), or None when the process is gone or a zombie (dead, not yet reaped)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            # Field 22, counted after the parenthesised command name (which may hold spaces).
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            # Fields 3 (state) and 22 (start time), counted after the parenthesised command
+            # name, which may hold spaces.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 @dataclass(frozen=True)

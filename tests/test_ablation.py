@@ -273,3 +273,17 @@ def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, 
     assert sorted((r.data.tags["harness.arm"], r.data.tags["harness.seed"]) for r in runs) == \
         sorted((a, str(s)) for a in arms for s in (0, 1, 2))
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_dead_but_unreaped_worker_counts_as_dead():
+    """A SIGKILLed worker whose parent has not reaped it yet is a zombie: /proc still lists it."""
+    from harness.liveness import process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert process_start(child.pid) is not None
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline and process_start(child.pid) is not None:
+        time.sleep(0.1)
+    assert process_start(child.pid) is None  # still unreaped here: we have not waited on it
+    assert child.wait() == -signal.SIGKILL
