@@ -1,7 +1,15 @@
 """A decoder-only character Transformer (nanoGPT's shape) with configurable norm and dropout.
 
-Causality comes from ``scaled_dot_product_attention(is_causal=True)``: position t attends to
-positions <= t only (tests/test_model.py perturbs token t+1 and checks logits 0..t).
+Causality comes from ``scaled_dot_product_attention(is_causal=True)`` (or, with attention dropout
+on a CPU, from masking the scores above the diagonal): position t attends to positions <= t only
+(tests/test_model.py perturbs token t+1 and checks logits 0..t).
+
+Speed notes (benchmarks/throughput.py measures them against benchmarks/reference_gpt.py):
+- Dropout on a CPU goes through `dropout` below, not torch's, which draws one random number per
+  element from a serial generator (its vectorised MKL path runs on Intel CPUs only) and cost
+  the textbook step 20-30% at dropout 0.2.
+- Exact (erf) GELU, as nanoGPT: on a CPU its forward and backward cost a third of the tanh
+  approximation's.
 """
 
 from __future__ import annotations
@@ -21,6 +29,31 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverted dropout of `x`, plus `residual` when given (fused into one addcmul).
+
+    On a CPU each 64-bit draw of torch's generator is cut into four 16-bit uniforms, a quarter of
+    the draws of torch's dropout; p is rounded to a multiple of 1/65536 (0.2 -> 0.199997). The
+    draws come from torch's global generator, so `torch.manual_seed` still fixes them. Elsewhere
+    (CUDA, torch.compile) torch's own dropout is fast and is used.
+    """
+    if not training or p == 0:
+        return x if residual is None else residual + x
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        x = F.dropout(x, p, training=True)
+        return x if residual is None else residual + x
+    n = x.numel()
+    cut = min(round(p * 65536), 65535)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+    keep = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.ge(words.view(torch.int16)[:n].view(x.shape), cut - 32768, out=keep)
+    scale = 65536 / (65536 - cut)
+    if residual is None:
+        return x * keep.mul_(scale)
+    return torch.addcmul(residual, x, keep, value=scale)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -31,9 +64,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0)
+        H, hs = self.n_head, C // self.n_head
+        p = self.attn_dropout if self.training else 0.0
+        if p == 0 or x.device.type != "cpu":
+            # split + transpose rather than view + permute: the backward is then one cat, no copy.
+            q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            # torch's CPU attention with dropout falls back to this same math, with its slow
+            # dropout. One copy makes q, k, v contiguous for bmm; the causal mask is added.
+            q, k, v = self.qkv(x).view(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).reshape(3, B * H, T, hs)
+            later = torch.full((T, T), float("-inf"), device=x.device).triu_(1)
+            att = torch.baddbmm(later, q, k.transpose(1, 2), alpha=hs ** -0.5).softmax(dim=-1)
+            y = torch.bmm(dropout(att, p, True), v).view(B, H, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -44,7 +87,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(F.gelu(self.fc(x)))
 
 
 class Block(nn.Module):
@@ -63,17 +106,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = cfg.dropout
 
-    def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            branch = F.dropout(branch, self.dropout, training=True)
-        return x + branch
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, training = self.dropout, self.training
         if self.post:
-            x = self.norm1(self._residual(x, self.attn(x)))
-            return self.norm2(self._residual(x, self.mlp(x)))
-        x = self._residual(x, self.attn(self.norm1(x)))
-        return self._residual(x, self.mlp(self.norm2(x)))
+            x = self.norm1(dropout(self.attn(x), p, training, residual=x))
+            return self.norm2(dropout(self.mlp(x), p, training, residual=x))
+        x = dropout(self.attn(self.norm1(x)), p, training, residual=x)
+        return dropout(self.mlp(self.norm2(x)), p, training, residual=x)
 
 
 class GPT(nn.Module):
@@ -83,7 +122,6 @@ class GPT(nn.Module):
         self.block_size = block_size
         self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(block_size, cfg.n_embd)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         # Post-norm blocks end normalised already; a final norm belongs to pre-norm only.
         self.norm_f = make_norm(cfg) if cfg.norm == "pre" else nn.Identity()
@@ -111,7 +149,7 @@ class GPT(nn.Module):
         if T > self.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.emb_dropout(self.tok_emb(idx) + self.pos_emb(pos))
+        x = dropout(self.tok_emb(idx) + self.pos_emb(pos), self.cfg.dropout, self.training)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm_f(x))

@@ -1,0 +1,69 @@
+"""Smoke tests of benchmarks/: each runs with --quick and writes the JSON its README promises.
+
+Nothing here times anything: speed is measured by the benchmarks themselves (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def run_benchmark(name: str, out: Path, *extra: str, timeout: int = 300) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick",
+                           "--out", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout
+    return json.loads(out.read_text())
+
+
+def test_throughput_quick(tmp_path: Path) -> None:
+    data = run_benchmark("throughput", tmp_path / "throughput.json")
+    assert data["device"] == "cpu" and data["threads"] == 1
+    assert data["peak_gflops"]["fp32"] > 0 and data["peak_gflops"]["bf16"] > 0
+    rows = data["results"]
+    assert {(r["model"], r["dropout"]) for r in rows} == {
+        ("harness", 0.0), ("reference", 0.0), ("harness", 0.2), ("reference", 0.2)}
+    for r in rows:
+        assert r["shape"] == "baby-4x128" and (r["n_layer"], r["n_embd"], r["block_size"]) == (4, 128, 64)
+        assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] < 1
+        assert r["vs_reference"] > 0 and r["vs_own_dropout0"] > 0 and r["flops_per_token"] > 0
+    ref0 = next(r for r in rows if r["model"] == "reference" and r["dropout"] == 0.0)
+    assert ref0["vs_reference"] == pytest.approx(1.0)
+    assert data["machine"]["torch"] and data["machine"]["cores"] >= 1
+
+
+@pytest.mark.slow
+def test_tracking_overhead_quick(tmp_path: Path) -> None:
+    data = run_benchmark("tracking_overhead", tmp_path / "overhead.json")
+    assert data["evaluations"] >= 2 and data["train_s_untracked"] > 0
+    for key in ("in_loop_pct", "per_run_pct", "total_pct", "train_wall_diff_pct", "run_wall_diff_pct"):
+        assert isinstance(data[key], float)
+    assert data["in_loop_pct"] >= 0 and data["goal_pct"] == 2.0
+    assert {r["tracked"] for r in data["runs"]} == {True, False}
+    tracked = next(r for r in data["runs"] if r["tracked"])
+    assert tracked["calls_s"]["log_eval"] > 0 and tracked["calls_s"]["finish"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TINYSHAKESPEARE.exists(), reason="no Tiny Shakespeare copy in ../shared/data")
+def test_time_to_quality_quick(tmp_path: Path) -> None:
+    data = run_benchmark("time_to_quality", tmp_path / "ttq.json")
+    assert data["steps"] == 60 and data["target"] == 1.88
+    for loop in ("harness", "reference"):
+        s = data[loop]
+        assert s["wall_s"] > 0 and s["cpu_s"] > 0 and s["final_val_loss"] < 4.0
+        assert 0 < s["final_full_val_loss"] < 4.0
+        assert s["evals"][-1]["step"] == 60 and s["evaluations"] == len(s["evals"])
+    assert data["reference"]["evals"][0]["step"] == 0  # nanoGPT evaluates before training
+    assert data["wall_ratio"] > 0 and data["reach_tolerance_ratio"] > 0
+    assert isinstance(data["goal_met"], bool)
+    assert data["harness_config"]["train.eval_every"] == 20
