@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -46,8 +45,7 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
            poll_s: float = 2.0) -> list[int]:
     """A progress bar over `done()` until every worker exits; returns their exit codes.
 
-    Ctrl-C reaches the workers as SIGINT, so each closes its MLflow run (KILLED, with a
-    checkpoint) and marks its trial failed; a rerun finishes those cells.
+    Ctrl-C stops the workers (their trials are failed or reaped; a rerun finishes them).
     """
     bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
@@ -61,13 +59,9 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
         bar.refresh()
     except KeyboardInterrupt:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+            p.terminate()
         for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            p.wait()
         raise
     finally:
         bar.close()
