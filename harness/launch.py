@@ -15,8 +15,11 @@ from harness.paths import project_root
 
 
 def default_workers(cells: int) -> int:
-    """One single-threaded worker per core: on this kind of machine that beats fewer workers
-    with more threads each (benchmarks/workers.py measures it), capped by the work available."""
+    """One single-threaded worker per core, capped by the work available.
+
+    benchmarks/workers.py compares this with one worker on every core; see its results before
+    trusting the choice on a given machine (ablate run --workers overrides it).
+    """
     return max(1, min(os.cpu_count() or 1, cells))
 
 
