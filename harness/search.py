@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import time
 import warnings
@@ -104,9 +103,8 @@ from harness.storage import default_storage, open_storage
 from harness.study import (ATTR, REPORTED, cell_status, create_ablation, info, mean_ci, reap_dead,
                            write_arm_summaries)
 from harness.tracking import experiment_id, init_store, redact
-from harness.worker import POLL_S, DataCache, others_running
+from harness.worker import POLL_S, DataCache, fail_trial, others_running
 
-log = logging.getLogger("ablate.search")
 
 
 # --- the total: which trials count, reserving, popping ----------------------------------------------
@@ -245,14 +243,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat, spec: S
             if outcomes[-1].status == "KILLED":
                 break
     except KeyboardInterrupt:
-        beat.stop()
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, beat)
         raise
     except Exception as exc:
-        beat.stop()
-        log.warning("trial %d failed: %s", trial.number, exc)
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, beat, exc)
         return
     beat.stop()
     _record(trial, outcomes)

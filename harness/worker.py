@@ -70,14 +70,10 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             should_stop=should_stop, dataset=data.get(cfg))
     except KeyboardInterrupt:
-        beat.stop()
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, beat)
         raise
     except Exception as exc:
-        beat.stop()
-        log.warning("trial %d failed: %s", trial.number, exc)
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        fail_trial(study, trial, beat, exc)
         return None
     beat.stop()
     s = outcome.result.summary
@@ -86,6 +82,16 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
         if value is not None:
             trial.set_user_attr(name, float(value))
     return outcome
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat,
+               error: Exception | None = None) -> None:
+    """Stop the heartbeat and tell the storage the trial failed, with `error` as user attribute."""
+    beat.stop()
+    if error is not None:
+        log.warning("trial %d failed: %s", trial.number, error)
+        trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: RunOutcome,
