@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import os
 import queue
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=
               betas=(0.9, 0.99), weight_decay=0.1, clip=1.0, dropout=0.0)
 
 
-def harness_config(args) -> "Config":  # noqa: F821
+def harness_config(args):
     from harness.config import build_config
 
     r = RECIPE
@@ -274,7 +273,7 @@ def main() -> None:
             "eval_settings": settings, "evals": res["evals"],
         }
         s = summary[name]
-        rows.append([name, settings, s["evaluations"], final["val"], res["full_val_loss"],
+        rows.append([name, settings, s["evaluations"], f"{final['val']:.3f}", f"{res['full_val_loss']:.3f}",
                      s["time_to_target_plus_tol_s"], s["time_to_target_s"], res["wall_s"], res["cpu_s"]])
     wall_ratio = h["wall_s"] / ref["wall_s"]
     # Seconds to val <= 1.91 (by each loop's own evaluations); a loop that never gets there
