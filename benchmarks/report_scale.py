@@ -9,6 +9,7 @@ histories through the metric-history API would cost instead of history.json.
     python benchmarks/report_scale.py                        # 1,000 runs x 30 evaluations
     python benchmarks/report_scale.py --store /tmp/s         # keep the store, reuse it next time
     python benchmarks/report_scale.py --kind search          # 1,000 trials: 1,000 arms
+    python benchmarks/report_scale.py --quick                # smoke run (seconds)
 
 Prints a table; writes benchmarks/out/report_scale.json.
 """
@@ -90,6 +91,7 @@ def api_history_seconds(store: Store, study: collect.StudyData, n_runs: int, met
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 arms x 4 seeds x 5 evaluations")
     parser.add_argument("--kind", choices=("ablation", "search"), default="ablation")
     parser.add_argument("--arms", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=50)
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="store folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="JSON results (default: benchmarks/out/report_scale[_search].json)")
     args = parser.parse_args()
+    if args.quick:
+        args.arms, args.seeds, args.evals, args.repeat = 3, 4, 5, 1
 
     root = args.store or Path(tempfile.mkdtemp(prefix="ablate-report-scale-"))
     store, write_s = build_store(root, args.kind, args.arms, args.seeds, args.evals)
@@ -145,7 +149,7 @@ def main() -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "kind": args.kind, "runs": result.n_runs, "excluded": result.n_excluded, "arms": len(result.arms),
+        "kind": args.kind, "quick": args.quick, "runs": result.n_runs, "excluded": result.n_excluded, "arms": len(result.arms),
         "evals": args.evals,
         "write_store_s": write_s if write_s == write_s else None, "search_runs_s": search_s,
         "read_histories_s": history_s, "api_histories_extrapolated_s": api_per_run * n,

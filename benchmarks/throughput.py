@@ -10,12 +10,13 @@ For each shape, the four variants (harness / reference x dropout 0 / 0.2) run ro
 one process; each figure is a median over rounds, each ratio a median of per-round ratios.
 Also measured: the machine's fp32 and bf16 matmul peak, and each configuration's model FLOPs
 utilisation (MFU: (6N + 12 L C T) FLOPs per token, nanoGPT's estimate, against the fp32 peak;
-against the bf16 peak with --device cuda).
+against the bf16 peak with --device cuda and for the +bf16 rows).
 
     python benchmarks/throughput.py                  # CPU, 1 thread, both shapes (~4 min)
     python benchmarks/throughput.py --threads 2
-    python benchmarks/throughput.py --extra fused-adamw,compile   # candidate harness settings
-    python benchmarks/throughput.py --device cuda    # bf16 autocast on a GPU
+    python benchmarks/throughput.py --extra foreach-adamw,compile   # other harness settings
+    python benchmarks/throughput.py --extra bf16     # bf16 autocast on a CPU (AVX-512 BF16 / AMX)
+    python benchmarks/throughput.py --device cuda    # bf16 autocast on a GPU, three shapes
     python benchmarks/throughput.py --quick          # smoke run (seconds)
 
 Prints a table; writes benchmarks/out/throughput.json.
@@ -43,9 +44,11 @@ SHAPES = {
     # name: (n_layer, n_head, n_embd, block_size, batch_size)
     "baby-4x128": (4, 4, 128, 64, 12),  # the common "CPU baby GPT" recipe
     "6x192": (6, 6, 192, 128, 32),
+    "gpu-6x384": (6, 6, 384, 256, 64),  # nanoGPT's shakespeare-char GPU recipe; default on cuda only
 }
+CPU_SHAPES = ("baby-4x128", "6x192")
 DROPOUTS = (0.0, 0.2)
-EXTRAS = ("fused-adamw", "compile")
+EXTRAS = ("foreach-adamw", "compile", "bf16")
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float) -> float:
@@ -87,10 +90,12 @@ def harness_step(shape: tuple, dropout: float, device: torch.device, autocast, e
                             "train.batch_size": batch, "optim.lr": 1e-3, "optim.weight_decay": 0.1,
                             "optim.clip_norm": 1.0})
     model = GPT(cfg.model, VOCAB, block).to(device).train()
-    if extra == "fused-adamw":  # the change proposed for harness/train.py's make_optimizer
+    if extra == "bf16":  # train.precision: bf16 on a CPU (on CUDA every variant is bf16 already)
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    if extra == "foreach-adamw":  # make_optimizer's form before it became fused
         o = cfg.optim
         optimizer = torch.optim.AdamW(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas,
-                                      eps=o.eps, fused=True)
+                                      eps=o.eps, foreach=True)
     else:
         optimizer = make_optimizer(model, cfg)
     loss_fn = torch.compile(model.loss) if extra == "compile" else model.loss  # as train.compile
@@ -176,7 +181,8 @@ def main() -> None:
                         help="cuda: bf16 autocast, MFU against the bf16 peak")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads on CPU (default 1: stable on a shared machine)")
-    parser.add_argument("--shapes", help=f"any of {','.join(SHAPES)} (default: both; --quick: the first)")
+    parser.add_argument("--shapes", help=f"any of {','.join(SHAPES)} (default: {','.join(CPU_SHAPES)} "
+                                         "on cpu, all on cuda; --quick: the first)")
     parser.add_argument("--rounds", type=int, help="round-robin rounds (default 7; 5 for 6x192)")
     parser.add_argument("--steps", type=int, help="timed steps per variant per round")
     parser.add_argument("--warmup", type=int, default=3)
@@ -186,6 +192,8 @@ def main() -> None:
     args.extra = [e for e in args.extra.split(",") if e]
     if unknown := set(args.extra) - set(EXTRAS):
         parser.error(f"--extra {','.join(unknown)}: allowed: {','.join(EXTRAS)}")
+    if args.device == "cuda" and "bf16" in args.extra:
+        parser.error("--extra bf16 is for --device cpu: on cuda every variant runs in bf16 autocast")
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -205,18 +213,20 @@ def main() -> None:
     peak_bf16 = matmul_peak(torch.bfloat16, device, peak_s)
     peak = peak_bf16 if device.type == "cuda" else peak_fp32
 
-    shapes = args.shapes.split(",") if args.shapes else list(SHAPES)[:1] if args.quick else list(SHAPES)
+    default_shapes = list(SHAPES) if device.type == "cuda" else list(CPU_SHAPES)
+    shapes = args.shapes.split(",") if args.shapes else default_shapes[:1] if args.quick else default_shapes
     if unknown := set(shapes) - set(SHAPES):
         parser.error(f"--shapes {','.join(unknown)}: allowed: {','.join(SHAPES)}")
     rows = []
     for name in shapes:
         shape = SHAPES[name]
-        big = shape[4] * shape[3] > 2048
+        # A GPU step takes milliseconds: more of them per round than a CPU step of seconds.
+        big = shape[4] * shape[3] > 2048 and device.type == "cpu"
         if args.quick:
             a = argparse.Namespace(**{**vars(args), "rounds": 1, "steps": 1, "warmup": 1})
         else:
             a = argparse.Namespace(**{**vars(args), "rounds": args.rounds or (5 if big else 7),
-                                      "steps": args.steps or (2 if big else 8)})
+                                      "steps": args.steps or (2 if big else 8 if device.type == "cpu" else 25)})
         print(f"{name}: {a.rounds} rounds x {a.steps} steps per variant ...", flush=True)
         rows += bench_shape(name, shape, a, device, autocast, sync)
     peak_fp32 = max(peak_fp32, matmul_peak(torch.float32, device, peak_s))
@@ -224,7 +234,8 @@ def main() -> None:
         peak_bf16 = max(peak_bf16, matmul_peak(torch.bfloat16, device, peak_s))
     peak = peak_bf16 if device.type == "cuda" else peak_fp32
     for r in rows:
-        r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e9)
+        row_peak = peak_bf16 if r["model"].endswith("+bf16") else peak
+        r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (row_peak * 1e9)
 
     info = machine(args.threads if device.type == "cpu" else None)
     print(f"\n{info['cpu']}, {info['cores']} cores, torch {info['torch']}, "

@@ -67,16 +67,6 @@ def run_harness(args, start_at: float, results) -> None:
     from harness.train import Hooks, build_model, prepare_data, train
 
     torch.set_num_threads(args.threads)
-    if args.fused_adamw:  # prototype of the make_optimizer change proposed for harness/train.py
-        import harness.train as ht
-        from harness.model import decay_groups
-
-        def fused(model, cfg):
-            o = cfg.optim
-            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-            return cls(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
-
-        ht.make_optimizer = fused
     cfg = harness_config(args)
     data = prepare_data(cfg)
     _warm_process()
@@ -225,8 +215,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequential", action="store_true",
                         help="run the loops one after the other instead of side by side")
-    parser.add_argument("--fused-adamw", action="store_true",
-                        help="harness with a fused AdamW (prototype of a train.py change)")
     parser.add_argument("--out", type=Path, default=OUT / "time_to_quality.json")
     args = parser.parse_args()
     if args.quick:
@@ -297,7 +285,7 @@ def main() -> None:
              " (the reference never got there: its whole run counted)"))
     path = write_json("time_to_quality", {
         "machine": info, "threads": args.threads, "mode": mode, "quick": args.quick, "steps": args.steps,
-        "recipe": RECIPE, "target": TARGET, "tolerance": TOLERANCE, "fused_adamw": args.fused_adamw,
+        "recipe": RECIPE, "target": TARGET, "tolerance": TOLERANCE,
         "harness_config": harness_config(args).flat(),
         "wall_ratio": wall_ratio, "cpu_ratio": cpu_ratio, "reach_tolerance_ratio": reach_ratio,
         "final_ok": final_ok,

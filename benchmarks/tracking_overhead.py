@@ -5,7 +5,8 @@ The same short run (same config, seed and pre-loaded dataset) is trained untrack
 ABLATE_HOME and MLFLOW_TRACKING_URI point into a temp folder), alternating off/on. Reported:
 
 - in-loop tracking time: the seconds spent inside the tracker's calls made from the training
-  loop (one asynchronous log_batch per evaluation), measured directly by wrapping them;
+  loop (one log_batch per evaluation, handed to the run's logging thread), measured directly
+  by wrapping them;
 - the CPU time of the background thread that writes those metrics to the store: it runs beside
   training (on another core, but holding the GIL part of the time), an upper bound of what it
   can take from the training thread;
@@ -79,40 +80,11 @@ def instrument_store(spent: dict[str, float]) -> None:
     SqlAlchemyStore.log_batch = timed
 
 
-def use_executor(cls: type) -> None:
-    """Prototype of the change proposed for harness/tracking.py: log each evaluation with a
-    synchronous log_batch on a one-thread executor instead of MLflow's async queue.
-
-    MLflow's set_terminated shuts the async queue down by joining a thread that blocks in
-    queue.get(timeout=1), so closing a run that used it waits up to a second; with the
-    executor the queue is never started and set_terminated returns at once.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mlflow.entities import Metric
-
-    def log_eval(self, ev) -> None:
-        if not hasattr(self, "_executor"):
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ablate-log")
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, ev.step) for k, v in ev.metrics().items()]
-        self._pending.append(self._executor.submit(self.client.log_batch, self.run_id, metrics=metrics))
-
-    def flush(self) -> None:
-        for op in self._pending:
-            op.result()
-        self._pending.clear()
-
-    cls.log_eval, cls.flush = log_eval, flush
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: one pair of tiny runs")
     parser.add_argument("--pairs", type=int, default=3, help="off/on pairs")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--executor", action="store_true",
-                        help="prototype: log evaluations on a thread, not MLflow's async queue")
     parser.add_argument("--out", type=Path, default=OUT / "tracking_overhead.json")
     args = parser.parse_args()
 
@@ -135,10 +107,8 @@ def main() -> None:
     cfg = build_config({}, overrides)
     data = prepare_data(cfg)
     spent: dict[str, float] = {}
-    instrument_store(spent)  # before the store exists: its async queue binds log_batch then
+    instrument_store(spent)
     client = init_store()
-    if args.executor:
-        use_executor(RunTracker)
     instrument(RunTracker, IN_LOOP + PER_RUN, spent)
 
     run_tracked(cfg, client, "overhead-warmup", dataset=data)  # imports, experiment, DB warm
@@ -175,7 +145,6 @@ def main() -> None:
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, threads {args.threads}; "
           f"load average {info['load_avg'][0]:.1f}")
     print(f"run: {cfg.model.n_layer} layers x {cfg.model.n_embd}, {evals} evaluations, "
-          f"{'executor (prototype)' if args.executor else 'MLflow async'} logging, "
           f"training {train_off:.1f} s untracked (median of {pairs})\n")
     print(table(["measure", "value"], [
         ["in-loop tracking (log_eval), % of training", in_loop],
@@ -189,7 +158,7 @@ def main() -> None:
     calls = {k: median([r["calls_s"].get(k, 0.0) for r in on]) for k in IN_LOOP + PER_RUN}
     print("\nper-run calls (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in calls.items()))
     path = write_json("tracking_overhead", {
-        "machine": info, "threads": args.threads, "quick": args.quick, "executor": args.executor,
+        "machine": info, "threads": args.threads, "quick": args.quick,
         "config": cfg.flat(),
         "evaluations": evals, "train_s_untracked": train_off,
         "in_loop_pct": in_loop, "in_loop_per_eval_ms": per_eval_ms, "per_run_pct": per_run,

@@ -2,7 +2,7 @@
 
 Each layout runs the same study (`ablate run` in a fresh temporary project, so nothing is
 cached between them), alternating A/B `--repeats` times; the table gives the median wall time
-and cells/hour of each, and the ratio. Run: python benchmarks/workers.py [--quick]
+and cells/hour of each, and the ratio. Run: python benchmarks/workers.py [--quick] [--repeats N --epochs N --seeds N]
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ def run_layout(workers: int, threads: int, study: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per cell (12: about 20 s on one core)")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per arm (2 arms: 2 x seeds cells)")
+    parser.add_argument("--out", type=Path, default=OUT / "workers.json")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    epochs, seeds, repeats = (1, 1, 1) if args.quick else (4, 4, args.repeats)
+    epochs, seeds, repeats = (1, 1, 1) if args.quick else (args.epochs, args.seeds, args.repeats)
     study = spec(epochs, seeds)
     cells = 2 * seeds
     layouts = {"1 worker x 2 threads": 1, "2 workers x 1 thread": 2}
@@ -73,10 +76,11 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<22} {row['median_wall_s']:>14.1f} {row['cells_per_hour']:>11.0f}")
     print(f"ratio (2x1 / 1x2): {ratio:.2f}")
-    OUT.mkdir(exist_ok=True)
-    (OUT / "workers.json").write_text(json.dumps(
-        {"cells": cells, "epochs": epochs, "repeats": repeats, "cores": cores, "layouts": rows,
-         "ratio_2x1_over_1x2": ratio}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(
+        {"quick": args.quick, "cells": cells, "epochs": epochs, "repeats": repeats, "cores": cores,
+         "load_average_1min": os.getloadavg()[0], "layouts": rows, "ratio_2x1_over_1x2": ratio}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from harness.errors import UsageError
-from harness.launch import default_workers, follow, spawn_workers, threads_per_worker
+from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
 from harness.paths import mlruns_dir
 from harness.run import preflight
 from harness.spec import AblationSpec, cell_config, load_spec
@@ -61,10 +61,10 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
         print("every cell is already done; nothing to run")
     else:
         n = workers or default_workers(todo)
-        threads = threads_per_worker(n)
-        print(f"running {todo} of {len(status)} cells with {n} worker(s) x {threads} thread(s); "
+        print(f"running {todo} of {len(status)} cells with "
+              f"{layout(n, {a.config.train.threads for a in spec.arms})}; "
               f"logs in {mlruns_dir() / 'logs' / spec.name}")
-        procs = spawn_workers(spec.name, url, n, threads, mlruns_dir() / "logs" / spec.name)
+        procs = spawn_workers(spec.name, url, n, threads_per_worker(n), mlruns_dir() / "logs" / spec.name)
         done = lambda: sum(1 for s in cell_status(study).values() if s == "done")  # noqa: E731
         codes = follow(procs, len(status), done, spec.name)
         if any(codes):

@@ -11,9 +11,10 @@ def augment_inputs(x: torch.Tensor, cfg: AugmentConfig, vocab_size: int,
                    generator: torch.Generator) -> torch.Tensor:
     """Return a corrupted copy of the input ids `x` (B, T); the caller keeps targets clean.
 
-    char_swap: each position swaps with its right neighbour with probability p (a position
-    taken by a swap on its left is not swapped again). noise: each position is replaced by a
-    uniformly random vocabulary character with probability p. Swaps happen before noise.
+    char_swap: each position is picked with probability p and swaps with its right neighbour;
+    a pick whose left neighbour is picked too is dropped, so swaps never overlap and about
+    2p(1-p) of the positions move. noise: each position is replaced by a uniformly random
+    vocabulary character with probability p. Swaps happen before noise.
     """
     if cfg.char_swap <= 0 and cfg.noise <= 0:
         return x

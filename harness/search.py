@@ -92,7 +92,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from harness.ablation import cells_table
 from harness.config import Config
 from harness.errors import UsageError
-from harness.launch import default_workers, follow, spawn_workers, threads_per_worker
+from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
 from harness.liveness import Heartbeat
 from harness.metrics import Evaluation
 from harness.paths import mlruns_dir
@@ -177,21 +177,6 @@ def past_deadline(study: optuna.Study) -> bool:
     return deadline is not None and time.time() > deadline
 
 
-def reap(study: optuna.Study, client: MlflowClient) -> None:
-    """`reap_dead`, then close the runs of reaped trials that the trial never named: a worker
-    killed between creating its MLflow run and recording the run id on the trial leaves one."""
-    reaped = reap_dead(study, client)
-    if not reaped:
-        return
-    exp_id = experiment_id(client, info(study)["experiment"])
-    for number in reaped:
-        for run in client.search_runs([exp_id], f"tags.`optuna.trial_number` = '{number}' "
-                                                f"and attributes.status = 'RUNNING'"):
-            client.log_batch(run.info.run_id, tags=[RunTag("harness.reason", "worker died before the trial "
-                                                                             "recorded this run")])
-            client.set_terminated(run.info.run_id, status="KILLED")
-
-
 def spec_of(study: optuna.Study) -> SearchSpec:
     return parse_search_spec(info(study)["spec"])
 
@@ -210,7 +195,7 @@ def run_search_worker(study: optuna.Study, client: MlflowClient) -> int:
     data = DataCache()
     trained = 0
     while True:
-        reap(study, client)
+        reap_dead(study, client)
         if past_deadline(study):
             return trained
         reserve(study)
@@ -345,7 +330,7 @@ def run_search(spec_path: str, trials: int | None, workers: int | None, storage_
     client = init_store()
     study = create_search(spec, storage, url, client, target,
                           None if timeout is None else time.time() + timeout)
-    reap(study, client)
+    reap_dead(study, client)
     reserve(study)
     _tag_baseline(study, client)
     todo = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING)
@@ -433,14 +418,14 @@ def _tag_baseline(study: optuna.Study, client: MlflowClient) -> None:
 def _run_workers(study: optuna.Study, url: str, workers: int | None, todo: int, target: int,
                  client: MlflowClient) -> None:
     n = workers or default_workers(todo)
-    threads = threads_per_worker(n)
     logs = mlruns_dir() / "logs" / study.study_name
-    print(f"running {todo} trial(s) to reach {target} with {n} worker(s) x {threads} thread(s); logs in {logs}")
-    procs = spawn_workers(study.study_name, url, n, threads, logs)
+    print(f"running {todo} trial(s) to reach {target} with "
+          f"{layout(n, {spec_of(study).base.train.threads})}; logs in {logs}")
+    procs = spawn_workers(study.study_name, url, n, threads_per_worker(n), logs)
     try:
         codes = follow(procs, target, lambda: finished_count(study), study.study_name, poll_s=min(2.0, POLL_S))
     except KeyboardInterrupt:
-        reap(study, client)  # the stopped workers' trials fail now; a rerun replaces them
+        reap_dead(study, client)  # the stopped workers' trials fail now; a rerun replaces them
         raise
     if any(codes):
         print(f"warning: worker exit codes {codes}; see the logs")

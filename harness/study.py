@@ -181,7 +181,11 @@ def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
 
 
 def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone, and close their MLflow runs as KILLED."""
+    """Fail the RUNNING trials whose worker is gone, and close their MLflow runs as KILLED.
+
+    A run is found by the id on its trial or, for a worker killed between creating the run and
+    recording its id, by its tags (harness.study and optuna.trial_number).
+    """
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         why = is_dead(trial)
@@ -195,11 +199,24 @@ def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker reaped it, or it just finished
         reaped.append(trial.number)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if client is not None and run_id:
-            client.log_batch(run_id, tags=[RunTag("harness.reason", f"worker died: {why}")])
-            client.set_terminated(run_id, status="KILLED")
+        if client is None:
+            continue
+        named = trial.user_attrs.get("mlflow_run_id")
+        if named:
+            _close_killed(client, named, f"worker died: {why}")
+        exp = client.get_experiment_by_name(info(study)["experiment"])
+        running = [] if exp is None else client.search_runs(
+            [exp.experiment_id], f"tags.`harness.study` = '{study.study_name}' and "
+                                 f"tags.`optuna.trial_number` = '{trial.number}' and attributes.status = 'RUNNING'")
+        for run in running:
+            if run.info.run_id != named:
+                _close_killed(client, run.info.run_id, f"worker died before the trial recorded this run: {why}")
     return reaped
+
+
+def _close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.log_batch(run_id, tags=[RunTag("harness.reason", reason)])
+    client.set_terminated(run_id, status="KILLED")
 
 
 def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:

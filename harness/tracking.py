@@ -1,8 +1,9 @@
 """MLflow: the store under mlruns/, experiments, and one run's params, metrics, tags and artifacts.
 
 The layout is documented in docs/tracking.md; reports and `ablate status` rely on it.
-Metrics of one evaluation go out in one `log_batch` call, asynchronously, so logging never waits
-on the database inside the training loop; `finish` waits for them before closing the run.
+Metrics of one evaluation go out in one `log_batch` call on the run's own logging thread, so
+logging never waits on the database inside the training loop; `finish` waits for them before
+closing the run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import subprocess
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -112,7 +114,8 @@ class RunTracker:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
-        self._pending: list[Any] = []
+        self._pending: list[Future] = []
+        self._logger: ThreadPoolExecutor | None = None
 
     @classmethod
     def start(cls, client: MlflowClient, experiment: str, run_name: str | None,
@@ -146,16 +149,27 @@ class RunTracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_eval(self, ev: Evaluation) -> None:
-        """All metrics of one evaluation in one asynchronous call."""
+        """All metrics of one evaluation in one call, made on this run's logging thread.
+
+        Not MLflow's `synchronous=False`: closing a run that used MLflow's asynchronous queue
+        waits up to a second for the queue's thread to stop (benchmarks/tracking_overhead.py).
+        """
+        if self._logger is None:
+            self._logger = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ablate-log-{self.run_id[:8]}")
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, ev.step) for k, v in ev.metrics().items()]
-        self._pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+        self._pending.append(self._logger.submit(self.client.log_batch, self.run_id, metrics=metrics))
 
     def flush(self) -> None:
-        for op in self._pending:
-            if op is not None:
-                op.wait()
-        self._pending.clear()
+        """Wait until every evaluation is stored; re-raises the first logging error."""
+        try:
+            for op in self._pending:
+                op.result()
+        finally:
+            self._pending.clear()
+            if self._logger is not None:
+                self._logger.shutdown()
+                self._logger = None
 
     def log_summary(self, summary: Summary, history: list[Evaluation]) -> None:
         now = int(time.time() * 1000)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -287,3 +288,39 @@ def test_a_dead_but_unreaped_worker_counts_as_dead():
         time.sleep(0.1)
     assert process_start(child.pid) is None  # still unreaped here: we have not waited on it
     assert child.wait() == -signal.SIGKILL
+
+
+def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
+    """A worker killed after creating its MLflow run but before writing the run id on its trial
+    leaves a RUNNING run that only its tags tie to the trial: reaping closes it as KILLED."""
+    from harness.liveness import ATTR
+    from harness.study import create_ablation, reap_dead
+    from harness.tracking import RunTracker, init_store
+
+    spec = load_spec(write_spec(project, tiny, seeds=(0,)))
+    client = init_store()
+    study = create_ablation(spec, open_storage(default_storage()), default_storage(), client)
+    trial = study.ask()  # a queued cell, as a worker takes it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study._storage.set_trial_system_attr(trial._trial_id, ATTR, {
+        "host": socket.gethostname(), "pid": dead.pid, "start": "1"})
+    orphan = RunTracker.start(client, spec.name, "orphan", {
+        "harness.study": spec.name, "optuna.trial_number": str(trial.number)})
+    other_study = RunTracker.start(client, spec.name, "other", {
+        "harness.study": "another", "optuna.trial_number": str(trial.number)})
+
+    assert reap_dead(study, client) == [trial.number]
+    run = client.get_run(orphan.run_id)
+    assert run.info.status == "KILLED"
+    assert "worker died before the trial recorded this run" in run.data.tags["harness.reason"]
+    assert client.get_run(other_study.run_id).info.status == "RUNNING"
+
+
+def test_the_worker_layout_message_shows_a_configured_thread_count(monkeypatch):
+    from harness.launch import layout
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert layout(2, {None}) == "2 worker(s) x 4 thread(s)"
+    assert layout(2, {1}) == "2 worker(s) x 1 thread(s)"  # train.threads wins over cores // workers
+    assert layout(4, {None, 3}) == "4 worker(s) x 2-3 thread(s)"

@@ -26,12 +26,12 @@ def run_benchmark(name: str, out: Path, *extra: str, timeout: int = 300) -> dict
 
 
 def test_throughput_quick(tmp_path: Path) -> None:
-    data = run_benchmark("throughput", tmp_path / "throughput.json")
+    data = run_benchmark("throughput", tmp_path / "throughput.json", "--extra", "foreach-adamw")
     assert data["device"] == "cpu" and data["threads"] == 1
     assert data["peak_gflops"]["fp32"] > 0 and data["peak_gflops"]["bf16"] > 0
     rows = data["results"]
     assert {(r["model"], r["dropout"]) for r in rows} == {
-        ("harness", 0.0), ("reference", 0.0), ("harness", 0.2), ("reference", 0.2)}
+        (model, dropout) for model in ("harness", "reference", "harness+foreach-adamw") for dropout in (0.0, 0.2)}
     for r in rows:
         assert r["shape"] == "baby-4x128" and (r["n_layer"], r["n_embd"], r["block_size"]) == (4, 128, 64)
         assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and 0 < r["mfu"] < 1
@@ -67,3 +67,20 @@ def test_time_to_quality_quick(tmp_path: Path) -> None:
     assert data["wall_ratio"] > 0 and data["reach_tolerance_ratio"] > 0
     assert isinstance(data["goal_met"], bool)
     assert data["harness_config"]["train.eval_every"] == 20
+
+
+@pytest.mark.slow
+def test_workers_quick(tmp_path: Path) -> None:
+    data = run_benchmark("workers", tmp_path / "workers.json")
+    assert data["cells"] == 2 and data["repeats"] == 1
+    layouts = data["layouts"]
+    assert set(layouts) == {"1 worker x 2 threads", "2 workers x 1 thread"}
+    assert all(row["cells_per_hour"] > 0 and len(row["walls_s"]) == 1 for row in layouts.values())
+    assert data["ratio_2x1_over_1x2"] == pytest.approx(
+        layouts["2 workers x 1 thread"]["cells_per_hour"] / layouts["1 worker x 2 threads"]["cells_per_hour"])
+
+
+def test_report_scale_quick(tmp_path: Path) -> None:
+    data = run_benchmark("report_scale", tmp_path / "scale.json")
+    assert data["runs"] == 12 and data["arms"] == 3 and data["evals"] == 5
+    assert data["build_report_best_s"] > 0 and data["read_histories_s"] >= 0

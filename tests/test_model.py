@@ -8,16 +8,24 @@ from harness.model import GPT, decay_groups
 
 @pytest.mark.parametrize("norm", ["pre", "post", "none"])
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
-def test_no_position_sees_a_later_one(norm, norm_type):
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_no_position_sees_a_later_one(norm, norm_type, mode):
+    """In train mode too: dropout (and the attention-dropout path, which builds its own causal
+    mask) must not let a later token in. Each forward draws the same dropout masks."""
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, norm=norm, norm_type=norm_type, dropout=0.1),
-                vocab_size=20, block_size=16).eval()
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, norm=norm, norm_type=norm_type, dropout=0.1,
+                            attn_dropout=0.3), vocab_size=20, block_size=16).train(mode == "train")
     idx = torch.randint(20, (2, 16))
-    base = model(idx)
+
+    def forward(x):
+        torch.manual_seed(5)
+        return model(x)
+
+    base = forward(idx)
     for t in range(15):
         changed = idx.clone()
         changed[:, t + 1] = (changed[:, t + 1] + 7) % 20
-        out = model(changed)
+        out = forward(changed)
         assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-5), f"position <= {t} saw token {t + 1}"
         assert not torch.allclose(out[:, t + 1], base[:, t + 1], atol=1e-5)
 
