@@ -17,7 +17,6 @@ Prints a table; writes benchmarks/out/report_scale.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -26,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from _common import OUT, ROOT, write_json
+
+sys.path.insert(0, str(ROOT / "tests"))
 
 from mlflow import MlflowClient  # noqa: E402
 from report_fixtures import Store, make_ablation, make_search  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
 
     root = args.store or Path(tempfile.mkdtemp(prefix="ablate-report-scale-"))
     store, write_s = build_store(root, args.kind, args.arms, args.seeds, args.evals)
-    out = args.out or ROOT / "benchmarks" / "out" / f"report_scale{'_search' if args.kind == 'search' else ''}.json"
+    out = args.out or OUT / f"report_scale{'_search' if args.kind == 'search' else ''}.json"
 
     study, search_s = timed(collect.load_study, NAME, store.tracking_uri)
     finished = study.runs[(study.runs["kind"] == "run") & (study.runs["status"] == "FINISHED")]
@@ -147,8 +147,7 @@ def main() -> None:
         print(f"  {key:<{width}}  {value}")
     print("\n".join(f"  | {line}" for line in result.summary_lines))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    path = write_json("report_scale", {
         "kind": args.kind, "quick": args.quick, "runs": result.n_runs, "excluded": result.n_excluded, "arms": len(result.arms),
         "evals": args.evals,
         "write_store_s": write_s if write_s == write_s else None, "search_runs_s": search_s,
@@ -156,8 +155,8 @@ def main() -> None:
         "build_report_s": totals, "build_report_best_s": min(totals), "build_report_cpu_s": cpu,
         "load_average_1min": load, "goal_s": 20.0,
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
-    }, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    }, out)
+    print(f"wrote {path}")
     if args.store:
         print(f"store in {root}")
     else:

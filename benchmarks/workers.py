@@ -8,9 +8,7 @@ and cells/hour of each, and the ratio. Run: python benchmarks/workers.py [--quic
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-OUT = Path(__file__).parent / "out"
+from _common import OUT, median, table, write_json
 
 
 def spec(epochs: int, seeds: int) -> dict:
@@ -68,19 +66,17 @@ def main() -> None:
     for _ in range(repeats):
         for name, workers in layouts.items():  # interleaved A/B: the machine's noise hits both
             walls[name].append(run_layout(workers, max(1, cores // workers), study))
-    rows = {name: {"median_wall_s": statistics.median(w), "cells_per_hour": cells * 3600 / statistics.median(w),
-                   "walls_s": w} for name, w in walls.items()}
+    rows = {name: {"median_wall_s": median(w), "cells_per_hour": cells * 3600 / median(w), "walls_s": w}
+            for name, w in walls.items()}
     ratio = rows["2 workers x 1 thread"]["cells_per_hour"] / rows["1 worker x 2 threads"]["cells_per_hour"]
     print(f"{cells} cells ({epochs} epochs each), {repeats} repeat(s), {cores} cores")
-    print(f"{'layout':<22} {'median wall s':>14} {'cells/hour':>11}")
-    for name, row in rows.items():
-        print(f"{name:<22} {row['median_wall_s']:>14.1f} {row['cells_per_hour']:>11.0f}")
+    print(table(["layout", "median wall s", "cells/hour"],
+                [[name, row["median_wall_s"], row["cells_per_hour"]] for name, row in rows.items()]))
     print(f"ratio (2x1 / 1x2): {ratio:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(
-        {"quick": args.quick, "cells": cells, "epochs": epochs, "repeats": repeats, "cores": cores,
-         "load_average_1min": os.getloadavg()[0], "layouts": rows, "ratio_2x1_over_1x2": ratio}, indent=2))
-    print(f"wrote {args.out}")
+    path = write_json("workers", {
+        "quick": args.quick, "cells": cells, "epochs": epochs, "repeats": repeats, "cores": cores,
+        "load_average_1min": os.getloadavg()[0], "layouts": rows, "ratio_2x1_over_1x2": ratio}, args.out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ class SampleConfig(_Section):
     count: int = Field(default=2, ge=0)
 
 
+def _digest(tree: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -159,14 +163,13 @@ class Config(_Section):
 
     def hash(self) -> str:
         """Stable short hash of the resolved recipe (what makes two runs comparable)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return _digest(self.to_dict())
 
     def recipe_hash(self) -> str:
         """The hash without train.seed: the same for every seed of one recipe (paired runs)."""
         tree = self.to_dict()
         del tree["train"]["seed"]
-        return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+        return _digest(tree)
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.to_dict())

@@ -85,7 +85,6 @@ from typing import Callable
 
 import optuna
 import yaml
-from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
@@ -100,8 +99,8 @@ from harness.run import RunOutcome, preflight, run_tracked
 from harness.search_space import SearchSpec, load_search_spec, parse_search_spec
 from harness.spec import AblationSpec, Arm, cell_config, format_value
 from harness.storage import default_storage, open_storage
-from harness.study import (ATTR, REPORTED, cell_status, create_ablation, info, mean_ci, reap_dead,
-                           write_arm_summaries)
+from harness.study import (ATTR, REPORTED, STALE, cell_status, close_killed, create_ablation, info, mean_ci,
+                           reap_dead, write_arm_summaries)
 from harness.tracking import experiment_id, init_store, redact
 from harness.worker import POLL_S, DataCache, fail_trial, others_running
 
@@ -305,8 +304,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, outcomes: 
     except optuna.exceptions.UpdateFinishedTrialError:
         # Reaped as stale while it ran (a missed heartbeat): its runs must not read as results.
         for run_id in runs:
-            client.log_batch(run_id, tags=[RunTag("harness.reason", "trial was reaped as stale while it ran")])
-            client.set_terminated(run_id, status="KILLED")
+            close_killed(client, run_id, STALE)
 
 
 # --- the driver -------------------------------------------------------------------------------------------

@@ -203,18 +203,23 @@ def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
             continue
         named = trial.user_attrs.get("mlflow_run_id")
         if named:
-            _close_killed(client, named, f"worker died: {why}")
+            close_killed(client, named, f"worker died: {why}")
         exp = client.get_experiment_by_name(info(study)["experiment"])
         running = [] if exp is None else client.search_runs(
             [exp.experiment_id], f"tags.`harness.study` = '{study.study_name}' and "
                                  f"tags.`optuna.trial_number` = '{trial.number}' and attributes.status = 'RUNNING'")
         for run in running:
             if run.info.run_id != named:
-                _close_killed(client, run.info.run_id, f"worker died before the trial recorded this run: {why}")
+                close_killed(client, run.info.run_id, f"worker died before the trial recorded this run: {why}")
     return reaped
 
 
-def _close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+STALE = "trial was reaped as stale while it ran"
+"""The reason on the runs of a trial that finished after it was reaped (a missed heartbeat)."""
+
+
+def close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End an MLflow run as KILLED with harness.reason saying why."""
     client.log_batch(run_id, tags=[RunTag("harness.reason", reason)])
     client.set_terminated(run_id, status="KILLED")
 

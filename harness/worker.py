@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import optuna
 import torch
-from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -25,7 +24,8 @@ from harness.liveness import Heartbeat
 from harness.run import RunOutcome, run_tracked
 from harness.spec import cell_config
 from harness.storage import load_study
-from harness.study import (REPORTED, arm_configs, enqueue_missing, first_owner, info, reap_dead)
+from harness.study import (REPORTED, STALE, arm_configs, close_killed, enqueue_missing, first_owner,
+                           info, reap_dead)
 from harness.tracking import init_store
 from harness.train import prepare_data
 
@@ -102,9 +102,7 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: RunOutcome,
         else:
             study.tell(trial, values)
     except optuna.exceptions.UpdateFinishedTrialError:
-        client.log_batch(outcome.run_id, tags=[RunTag("harness.reason",
-                                                      "trial was reaped as stale while it ran")])
-        client.set_terminated(outcome.run_id, status="KILLED")
+        close_killed(client, outcome.run_id, STALE)
 
 
 def run_ablation_cell(study: optuna.Study, trial: optuna.Trial, client: MlflowClient,
