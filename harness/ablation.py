@@ -14,22 +14,22 @@ from harness.paths import mlruns_dir
 from harness.run import preflight
 from harness.spec import AblationSpec, cell_config, load_spec
 from harness.storage import default_storage, open_storage
-from harness.study import cell_status, create_ablation, info, trials_by_cell, write_arm_summaries
+from harness.study import (CELL_STATES, DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
+                           reap_dead, trials_by_cell, write_arm_summaries)
 from harness.tracking import init_store
+from harness.worker import DataCache
 
 
 def check_cells(spec: AblationSpec) -> None:
-    """Every distinct data setup loads and fits its model, before anything is written."""
-    seen = set()
+    """Every cell's resolved config is checked before anything is written: its seed, its corpus
+    (each distinct data setup loaded once), device, sample prompt, model and transfer checkpoint."""
+    data = DataCache()
     for arm in spec.arms:
-        key = json.dumps([arm.config.data.model_dump(mode="json"), arm.config.transfer.model_dump(mode="json"),
-                          arm.config.model.model_dump(mode="json")], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            try:
-                preflight(cell_config(arm.config, spec.seeds[0]))
-            except UsageError as exc:
-                raise UsageError(f"arm {arm.label!r}: {exc}") from None
+        try:
+            cells = [cell_config(arm.config, seed) for seed in spec.seeds]
+            preflight(cells[0], data.get(cells[0]))  # everything but the seed is the arm's
+        except UsageError as exc:
+            raise UsageError(f"arm {arm.label!r}: {exc}") from None
 
 
 def describe(spec: AblationSpec) -> str:
@@ -48,15 +48,16 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
                  allow_large: bool) -> int:
     spec = load_spec(spec_path, allow_large=allow_large)
     check_cells(spec)
-    print(describe(spec))
     if dry_run:
+        print(describe(spec))
         return 0
     url = storage_url or default_storage()
-    storage = open_storage(url)
+    storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()
+    print(describe(spec))
     study = create_ablation(spec, storage, url, client)
     status = cell_status(study)
-    todo = sum(1 for s in status.values() if s != "done")
+    todo = sum(1 for s in status.values() if s not in SETTLED)
     if todo == 0:
         print("every cell is already done; nothing to run")
     else:
@@ -65,19 +66,24 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
               f"{layout(n, {a.config.train.threads for a in spec.arms})}; "
               f"logs in {mlruns_dir() / 'logs' / spec.name}")
         procs = spawn_workers(spec.name, url, n, threads_per_worker(n), mlruns_dir() / "logs" / spec.name)
-        done = lambda: sum(1 for s in cell_status(study).values() if s == "done")  # noqa: E731
-        codes = follow(procs, len(status), done, spec.name)
+        done = lambda: sum(1 for s in cell_status(study).values() if s in SETTLED)  # noqa: E731
+        codes = follow(procs, len(status), done, spec.name, on_interrupt=lambda: reap_dead(study, client))
         if any(codes):
             print(f"warning: worker exit codes {codes}; see the logs")
     print(cells_table(study))
     status = cell_status(study)
-    missing = [k for k, s in status.items() if s != "done"]
+    missing = [k for k, s in status.items() if s not in SETTLED]
     if missing:
         print(f"{len(missing)} of {len(status)} cells did not finish ({', '.join(missing[:5])}"
               f"{', ...' if len(missing) > 5 else ''}); run the same command again to retry them")
         return 1
     write_arm_summaries(study, client)
     client.set_terminated(info(study)["parent_run_id"], status="FINISHED")
+    diverged = [k for k, s in status.items() if s == "diverged"]
+    if diverged:
+        print(f"{len(diverged)} cell(s) diverged (non-finite loss, {DIVERGED_ATTEMPTS} tries each): "
+              f"{', '.join(diverged[:5])}{', ...' if len(diverged) > 5 else ''}; a result of their recipe, "
+              f"listed in each arm summary's harness.diverged tag")
     print(f"study {spec.name} complete: ablate report {spec.name}   |   ablate ui")
     return 0
 
@@ -104,7 +110,7 @@ def print_status(name: str, storage_url: str | None) -> int:
     from harness.storage import load_study
     from harness.study import status_by_arm
 
-    study = load_study(name, storage_url or default_storage())
+    study = load_study(name, storage_url or default_storage(), create=False)
     if info(study)["type"] != "ablation":
         by_state: dict[str, int] = {}
         for trial in study.get_trials(deepcopy=False):
@@ -112,11 +118,11 @@ def print_status(name: str, storage_url: str | None) -> int:
         print(f"search {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
         return 0
     counts = status_by_arm(study)
-    cols = ("done", "running", "failed", "waiting", "missing")
+    cols = CELL_STATES
     width = max([len("arm")] + [len(a) for a in counts])
-    print(f"{'arm':<{width}}  " + "  ".join(f"{c:>7}" for c in cols))
+    print(f"{'arm':<{width}}  " + "  ".join(f"{c:>8}" for c in cols))
     for arm, row in counts.items():
-        print(f"{arm:<{width}}  " + "  ".join(f"{row[c]:>7}" for c in cols))
+        print(f"{arm:<{width}}  " + "  ".join(f"{row[c]:>8}" for c in cols))
     total = {c: sum(r[c] for r in counts.values()) for c in cols}
-    print(f"{'total':<{width}}  " + "  ".join(f"{total[c]:>7}" for c in cols))
+    print(f"{'total':<{width}}  " + "  ".join(f"{total[c]:>8}" for c in cols))
     return 0

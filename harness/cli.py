@@ -13,6 +13,8 @@ from typing import Callable
 from harness.errors import UsageError
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000
+STORAGE_HELP = ("Optuna storage URL (default: $ABLATE_STORAGE, else journal:mlruns/optuna.journal; "
+                "the variable keeps a password off the command line)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -31,14 +33,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import load_config, parse_set_args
     from harness.run import preflight, resume_tracked, run_tracked
-    from harness.tracking import experiment_id, init_store
+    from harness.tracking import check_experiment_name, experiment_id, init_store, read_store
     from harness.train import Interrupted, NonFiniteLoss
 
     if args.resume and (args.config or args.overrides):
         raise UsageError("--resume takes the config from the checkpoint; drop --config and --set")
+    check_experiment_name(args.experiment)
     cfg = None if args.resume else load_config(args.config, parse_set_args(args.overrides))
     data = None if cfg is None else preflight(cfg)  # bad input stops before the store is touched
-    client = init_store()
+    # A run to resume is read first: a store that does not exist holds no run, and is not created.
+    client = read_store(f"--resume {args.resume!r}") if args.resume else init_store()
     try:
         if args.resume:
             outcome = resume_tracked(client, args.resume, progress=not args.quiet)
@@ -79,10 +83,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.report import build_report
-    from harness.tracking import init_store
+    from harness.report import build_report, default_out_dir
+    from harness.report.output import check_out_dir
+    from harness.tracking import read_store
 
-    init_store()
+    check_out_dir(Path(args.out) if args.out else default_out_dir(args.name))
+    read_store(f"no study named {args.name!r}")  # reading never creates the store
     result = build_report(args.name, out_dir=Path(args.out) if args.out else None, baseline=args.baseline,
                           metric=args.metric, ui_url=args.ui_url, group_by=args.group_by)
     print(f"report: {result.out_dir / 'index.html'}")
@@ -141,7 +147,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an ablation study (only what is missing)")
     p.add_argument("spec", help="experiments/NAME.yaml")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the arms and cells, run nothing")
     p.add_argument("--yes", action="store_true", help="allow a study of more than 100 runs")
     p.set_defaults(func=cmd_run)
@@ -164,7 +170,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="studies/NAME.yaml")
     p.add_argument("--trials", type=int, help="total trials the study should reach (default: the spec's)")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--importance", choices=("ped-anova", "fanova"), default="ped-anova",
                    help="parameter-importance evaluator (default: Optuna's PED-ANOVA)")
@@ -183,7 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _add_worker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="join a study (from this or another machine)")
     p.add_argument("--study", required=True)
-    p.add_argument("--storage", help="Optuna storage URL (default: journal:mlruns/optuna.journal)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--threads", type=int, help="torch threads for this worker")
     p.set_defaults(func=cmd_worker)
 

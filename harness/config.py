@@ -20,8 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import UsageError
 
 
+MAX_SEED = 2**63 - 1
+"""Largest train.seed: torch seeds take 64 bits, and the augmentation stream seeds at seed + 1,000,003."""
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan in any number: an infinite learning rate or clip norm trains garbage.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -127,7 +132,7 @@ class TrainConfig(_Section):
     """Evaluation sample: eval_batches x batch_size fixed windows of train and of val text."""
     patience: int = Field(default=2, ge=1)
     """Evaluations of rising val loss that mark the overfitting onset."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; null = leave torch's default."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -139,7 +144,8 @@ class TrainConfig(_Section):
 
 class SampleConfig(_Section):
     prompt: str = "\n"
-    temperature: float = Field(default=0.8, gt=0)
+    temperature: float = Field(default=0.8, ge=1e-3)
+    """Below 1e-3, logits / temperature overflows float32 and sampling fails after training."""
     chars: int = Field(default=300, ge=0)
     count: int = Field(default=2, ge=0)
 
@@ -208,11 +214,17 @@ def valid_keys() -> list[str]:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value is YAML: 0.2 -> float, null -> None, [a, b] -> list, {k: v} -> dict."""
+    """A `--set` value is YAML: 0.2 -> float, null -> None, [a, b] -> list, {k: v} -> dict.
+
+    Only the bracketed (flow) forms make a list or a mapping: `file:` or `a: b` is the text
+    itself (YAML would read `data.corpus=file:` as the mapping {file: null})."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, (dict, list)) and not text.lstrip().startswith(("{", "[")):
+        return text
+    return value
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -224,8 +236,13 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """
     parts = key.split(".")
     node = tree
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
+        if child is not None and not isinstance(child, dict):
+            # `model: 5` in a file plus --set model.x: replacing 5 would hide the bad section.
+            section = ".".join(parts[:depth + 1])
+            raise UsageError(f"{section}={child!r}: a section must be a mapping of its keys, e.g. "
+                             f"{section}: {{...}}; cannot set {key} inside it")
         if not isinstance(child, dict):
             child = {}
             node[part] = child
@@ -271,7 +288,10 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"{what} file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"{what} file {str(path)!r} is not valid YAML{where}: {problem}") from None
 
 
 def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
@@ -327,6 +347,13 @@ def describe_error(exc: ValidationError, tree: dict[str, Any]) -> str:
             allowed = sorted(model.model_fields)
             return f"unknown key {key!r} for schedule {name!r}{hint}; allowed: {', '.join(allowed)}"
         return f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"
+    if len(loc) == 1 and key in Config.model_fields and kind in ("model_type", "model_attributes_type",
+                                                                  "dict_type"):
+        if key == "schedule":
+            return (f"schedule={given!r}: the schedule is a mapping; to pick a scheduler write "
+                    f"--set schedule.name={given}; allowed names: {', '.join(SCHEDULES)}")
+        keys = sorted(k.split(".", 1)[1] for k in valid_keys() if k.split(".", 1)[0] == key)
+        return f"{key}={given!r}: a section is a mapping of its keys; allowed keys: {', '.join(keys)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         name = _lookup(tree, ("schedule", "name"))
         return f"schedule.name={name!r}: unknown scheduler; allowed: {', '.join(SCHEDULES)}"

@@ -47,6 +47,8 @@ def load_corpus(name: str) -> Corpus:
     if name == "tinyshakespeare":
         return Corpus(name, _tinyshakespeare())
     if name.startswith("file:"):
+        if not name[len("file:"):].strip():
+            raise UsageError(f"data.corpus={name!r}: no path after file:; allowed: file:PATH, e.g. file:my.txt")
         return Corpus(name, _read_text_file(Path(name[len("file:"):]).expanduser()))
     raise UsageError(f"data.corpus={name!r}: unknown corpus; allowed: {', '.join(CORPORA)}")
 
@@ -122,7 +124,11 @@ def _tinyshakespeare() -> str:
     path = Path(os.environ.get("ABLATE_TINYSHAKESPEARE", tinyshakespeare_cache()))
     if not path.exists():
         _download(TINYSHAKESPEARE_URL, path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"data.corpus='tinyshakespeare': cannot read {path} ({exc.strerror}); "
+                         f"ABLATE_TINYSHAKESPEARE must name the input.txt file itself") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != TINYSHAKESPEARE_SHA256:
         raise UsageError(f"data.corpus='tinyshakespeare': {path} has sha256 {digest}, expected "
@@ -131,16 +137,17 @@ def _tinyshakespeare() -> str:
 
 
 def _download(url: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
+    """Fetch first, then write: a failed (offline) download leaves no folder and no file."""
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            out.write(response.read())
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = response.read()
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise UsageError(
             f"data.corpus='tinyshakespeare': cannot download {url} ({exc}); place the file by hand "
             f"at {path} (or point ABLATE_TINYSHAKESPEARE at a copy)") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    partial.write_bytes(body)
     partial.replace(path)
 
 

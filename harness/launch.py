@@ -38,26 +38,33 @@ def layout(workers: int, configured: set[int | None]) -> str:
 
 def spawn_workers(study: str, storage_url: str, workers: int, threads: int,
                   log_dir: Path) -> list[subprocess.Popen]:
-    """Start `workers` processes of `ablate worker`; their output goes to log_dir/worker-N.log."""
+    """Start `workers` processes of `ablate worker`; their output goes to log_dir/worker-N.log.
+
+    The storage URL goes in their environment (STORAGE_ENV), not their command line: `ps` shows
+    every process's arguments, with a PostgreSQL password, to every user of the machine, while a
+    process's environment is readable only by its owner.
+    """
+    from harness.storage import STORAGE_ENV
+
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ABLATE_HOME": str(project_root()), "OMP_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage_url}
     procs = []
     for i in range(workers):
         log = open(log_dir / f"worker-{i}.log", "ab")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "worker", "--study", study, "--storage", storage_url,
-             "--threads", str(threads)],
+            [sys.executable, "-m", "harness.cli", "worker", "--study", study, "--threads", str(threads)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project_root()))
         log.close()
     return procs
 
 
 def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], label: str,
-           poll_s: float = 2.0) -> list[int]:
+           poll_s: float = 2.0, on_interrupt: Callable[[], object] | None = None) -> list[int]:
     """A progress bar over `done()` until every worker exits; returns their exit codes.
 
-    Ctrl-C stops the workers (their trials are failed or reaped; a rerun finishes them).
+    Ctrl-C stops the workers, then calls `on_interrupt` (the drivers reap the stopped workers'
+    trials there, so `ablate status` shows them failed at once, not running until the next run).
     """
     bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
@@ -74,6 +81,8 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
             p.terminate()
         for p in procs:
             p.wait()
+        if on_interrupt is not None:
+            on_interrupt()
         raise
     finally:
         bar.close()

@@ -19,7 +19,8 @@ from harness.data import Dataset
 from harness.errors import UsageError
 from harness.metrics import Evaluation
 from harness.tracking import RunTracker, local_artifact_dir, save_checkpoint_artifact
-from harness.train import Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, prepare_data, train
+from harness.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
+                           prepare_data, train)
 
 
 @dataclass
@@ -30,11 +31,31 @@ class RunOutcome:
     result: TrainResult
 
 
-def preflight(cfg: Config) -> Dataset:
-    """Everything that can reject the config, done before a run exists in the store."""
-    data = prepare_data(cfg)
+def preflight(cfg: Config, dataset: Dataset | None = None) -> Dataset:
+    """Everything that can reject the config, done before a run exists in the store.
+
+    The ranges are the config's own; here: the corpus and its split, the device, the sample
+    prompt against the corpus's vocabulary, and the model's shape and transfer checkpoint.
+    `dataset`, when given, is `cfg`'s data already prepared.
+    """
+    data = dataset or prepare_data(cfg)
+    pick_device(cfg.train.device)
+    check_prompt(cfg, data)
     build_model(cfg, len(data.vocab))  # shape and transfer errors surface here
     return data
+
+
+def check_prompt(cfg: Config, data: Dataset) -> None:
+    """The samples drawn after training start from sample.prompt: its characters must be ones the
+    model knows (the corpus's), or sampling fails once training is done."""
+    s = cfg.sample
+    if s.count == 0 or s.chars == 0:
+        return
+    unknown = sorted(set(s.prompt or "\n") - set(data.vocab.chars))
+    if unknown:
+        raise UsageError(f"sample.prompt={s.prompt!r}: character {unknown[0]!r} is not in the vocabulary of "
+                         f"corpus {data.corpus.name!r}; allowed: its {len(data.vocab)} characters "
+                         f"(or sample.count=0)")
 
 
 def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name: str | None = None,
@@ -62,6 +83,11 @@ def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) ->
         run = client.get_run(run_id)
     except Exception:
         raise UsageError(f"--resume {run_id!r}: no such MLflow run in this store") from None
+    if run.info.status != "KILLED":
+        # A FINISHED run would train again from its last checkpoint and log its metrics twice;
+        # a RUNNING one may be training in another process right now.
+        raise UsageError(f"--resume {run_id!r}: the run is {run.info.status}; only an interrupted "
+                         f"(KILLED) run resumes; train a new run instead")
     folder = local_artifact_dir(client, run_id)
     path = (folder / "checkpoint" / "last.pt") if folder else None
     if path is None or not path.exists():

@@ -99,8 +99,8 @@ from harness.run import RunOutcome, preflight, run_tracked
 from harness.search_space import SearchSpec, load_search_spec, parse_search_spec
 from harness.spec import AblationSpec, Arm, cell_config, format_value
 from harness.storage import default_storage, open_storage
-from harness.study import (ATTR, REPORTED, STALE, cell_status, close_killed, create_ablation, info, mean_ci,
-                           reap_dead, write_arm_summaries)
+from harness.study import (ATTR, REPORTED, SETTLED, STALE, cell_status, close_killed, create_ablation,
+                           created_study, info, mean_ci, reap_dead, write_arm_summaries)
 from harness.tracking import experiment_id, init_store, redact
 from harness.worker import POLL_S, DataCache, fail_trial, others_running
 
@@ -316,16 +316,17 @@ def run_search(spec_path: str, trials: int | None, workers: int | None, storage_
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the summary below says what happened
     spec = load_search_spec(spec_path)
     target = _target(spec, trials)
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout={timeout:g}: must be a positive number of seconds")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout={timeout:g}: allowed: a positive, finite number of seconds")
     try:
-        preflight(cell_config(spec.baseline, spec.seeds[0]))
+        seeded = [cell_config(spec.baseline, seed) for seed in spec.seeds]  # every seed in range
+        preflight(seeded[0])
     except UsageError as exc:
         raise UsageError(f"baseline: {exc}") from None
-    print(describe(spec, target))
     url = storage_url or default_storage()
-    storage = open_storage(url)
+    storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()
+    print(describe(spec, target))
     study = create_search(spec, storage, url, client, target,
                           None if timeout is None else time.time() + timeout)
     reap_dead(study, client)
@@ -367,6 +368,12 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
     """Create (or reopen) the study and its MLflow parent run; the driver does this before any
     worker starts. A reopened study must have the same fingerprint (base, space, objective, ...)."""
     fingerprint = json.loads(json.dumps(spec.fingerprint()))  # as the storage gives it back
+
+    def meta(parent: str) -> dict:
+        return {"type": "search", "experiment": spec.name, "parent_run_id": parent, "spec": spec.raw,
+                "fingerprint": fingerprint, "baseline_labels": spec.baseline_labels,
+                "target": target, "deadline": deadline}
+
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:
@@ -380,19 +387,15 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
             raise UsageError(f"the spec of study {spec.name!r} changed since it ran ({', '.join(changed)} "
                              f"differ); give the study a new name (name: {spec.name}-v2) to search the new "
                              f"space, or restore the spec to continue the old one")
-        parent = old["parent_run_id"]
-        client.update_run(parent, status="RUNNING")
-    else:
-        study = optuna.create_study(study_name=spec.name, storage=storage,
-                                    directions=["minimize"] * len(spec.objective.names))
+        client.update_run(old["parent_run_id"], status="RUNNING")
+        study.set_user_attr(ATTR, meta(old["parent_run_id"]))
+        return study
+    with created_study(storage, spec.name, ["minimize"] * len(spec.objective.names), client) as (study, made):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.objective.names)
-        parent = _create_parent(client, spec, storage_url)
-    study.set_user_attr(ATTR, {
-        "type": "search", "experiment": spec.name, "parent_run_id": parent, "spec": spec.raw,
-        "fingerprint": fingerprint, "baseline_labels": spec.baseline_labels,
-        "target": target, "deadline": deadline})
+        made.append(_create_parent(client, spec, storage_url))
+        study.set_user_attr(ATTR, meta(made[0]))
     return study
 
 
@@ -420,11 +423,9 @@ def _run_workers(study: optuna.Study, url: str, workers: int | None, todo: int, 
     print(f"running {todo} trial(s) to reach {target} with "
           f"{layout(n, {spec_of(study).base.train.threads})}; logs in {logs}")
     procs = spawn_workers(study.study_name, url, n, threads_per_worker(n), logs)
-    try:
-        codes = follow(procs, target, lambda: finished_count(study), study.study_name, poll_s=min(2.0, POLL_S))
-    except KeyboardInterrupt:
-        reap_dead(study, client)  # the stopped workers' trials fail now; a rerun replaces them
-        raise
+    # On Ctrl-C the stopped workers' trials fail at once; a rerun replaces them.
+    codes = follow(procs, target, lambda: finished_count(study), study.study_name, poll_s=min(2.0, POLL_S),
+                   on_interrupt=lambda: reap_dead(study, client))
     if any(codes):
         print(f"warning: worker exit codes {codes}; see the logs")
 
@@ -529,15 +530,16 @@ def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, wor
         return 0
     confirm = create_ablation(aspec, open_storage(url), url, client)
     status = cell_status(confirm)
-    todo = sum(1 for s in status.values() if s != "done")
+    todo = sum(1 for s in status.values() if s not in SETTLED)
     print(f"confirmation {aspec.name}: {len(aspec.arms)} arms x {len(aspec.seeds)} fresh seeds "
           f"({', '.join(map(str, aspec.seeds))})")
     if todo:
         n = workers or default_workers(todo)
         procs = spawn_workers(aspec.name, url, n, threads_per_worker(n), mlruns_dir() / "logs" / aspec.name)
-        follow(procs, len(status), lambda: sum(s == "done" for s in cell_status(confirm).values()), aspec.name)
+        follow(procs, len(status), lambda: sum(s in SETTLED for s in cell_status(confirm).values()), aspec.name,
+               on_interrupt=lambda: reap_dead(confirm, client))
     print(cells_table(confirm))
-    missing = [k for k, s in cell_status(confirm).items() if s != "done"]
+    missing = [k for k, s in cell_status(confirm).items() if s not in SETTLED]
     if missing:
         print(f"{len(missing)} confirmation runs did not finish; run the same command again to retry them")
         return 1

@@ -32,6 +32,9 @@ PARAM_KEYS = {"float": {"float", "log", "step", "when"}, "int": {"int", "log", "
 METRICS = {("val_loss", "best"): "best_val_loss", ("gap", "best"): "gap_at_best",
            ("val_loss", "final"): "final_val_loss", ("gap", "final"): "final_gap"}
 OBJECTIVES = (("val_loss",), ("val_loss", "gap"))
+MAX_GRID_POINTS = 100_000
+"""Most points a grid search may have: more would be built in memory while validating, and no
+grid that size could ever be trained through."""
 SAMPLER_OPTIONS = {"tpe": ("seed", "n_startup_trials"), "random": ("seed",), "grid": ("seed",),
                    "nsga2": ("seed", "population_size")}
 PRUNER_OPTIONS = {"median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
@@ -123,14 +126,20 @@ class Param:
             return list(self.labels)
         return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
 
+    def grid_count(self) -> int:
+        """How many grid points this parameter has, counted without building them."""
+        if self.kind == "categorical":
+            return len(self.labels)
+        if self.step is None and self.kind == "float":
+            raise UsageError(f"space {self.path}: the grid sampler needs `step` on float parameters")
+        return int(round((self.high - self.low) / (self.step or 1))) + 1
+
     def grid(self) -> list[Any]:
         if self.kind == "categorical":
             return list(self.labels)
-        if self.step is None and self.kind == "float":
-            raise UsageError(f"space {self.path}: the grid sampler needs `step` on float parameters")
         step = self.step or 1
-        count = int(round((self.high - self.low) / step)) + 1
-        return [self.low + i * step if self.kind == "float" else int(self.low + i * step) for i in range(count)]
+        return [self.low + i * step if self.kind == "float" else int(self.low + i * step)
+                for i in range(self.grid_count())]
 
     def contains(self, value: Any) -> bool:
         """Whether a config value (numeric parameters only) is a point of this parameter's range."""
@@ -219,7 +228,7 @@ class SearchSpec:
         return NopPruner()
 
     def grid_size(self) -> int | None:
-        return math.prod(len(p.grid()) for p in self.space) if self.sampler.name == "grid" else None
+        return math.prod(p.grid_count() for p in self.space) if self.sampler.name == "grid" else None
 
 
 class _GridSampler(GridSampler):
@@ -291,6 +300,11 @@ def parse_search_spec(raw: dict[str, Any]) -> SearchSpec:
     spec = SearchSpec(name, base, objective, sampler, pruner, trials, seeds, space, baseline,
                       baseline_labels, _confirm(raw.get("confirm"), seeds), _jsonable(raw),
                       str(raw.get("description") or ""))
+    size = spec.grid_size()
+    if size is not None and size > MAX_GRID_POINTS:
+        # Checked before the sampler is built: a tiny step would build the whole grid in memory.
+        raise UsageError(f"sampler='grid': the space has {size:,} grid points; allowed: at most "
+                         f"{MAX_GRID_POINTS:,} (use larger steps, fewer parameters, or sampler tpe)")
     _build_samplers(spec)
     return spec
 
@@ -407,7 +421,7 @@ def _param(path: str, body: Any, before: dict[str, Param]) -> Param:
     if step is not None:
         if log:
             raise UsageError(f"space {path}: log and step cannot be combined")
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or \
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0 or \
                 (kind == "int" and not isinstance(step, int)):
             raise UsageError(f"space {path}: step={step!r}: must be a positive {kind}")
         span = (high - low) / step
@@ -422,6 +436,8 @@ def _bounds(path: str, kind: str, raw: Any) -> tuple[float, float]:
             all(isinstance(v, number) and not isinstance(v, bool) for v in raw)):
         raise UsageError(f"space {path}: {kind}: needs [low, high] as two {kind} numbers, got {raw!r}")
     low, high = raw
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"space {path}: {kind}: [{low}, {high}]: allowed: finite bounds")
     if low > high:
         raise UsageError(f"space {path}: low={low!r} is greater than high={high!r}")
     return (low, high) if kind == "int" else (float(low), float(high))

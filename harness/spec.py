@@ -88,9 +88,19 @@ def load_spec(path: str | Path, allow_large: bool = False) -> AblationSpec:
     return parse_spec(raw, allow_large=allow_large)
 
 
+MAX_STUDY_NAME = 100
+"""Longest study name: it names the MLflow experiment and its artifact folder, and a search's
+confirmation study adds '-confirm' (see harness.tracking.MAX_NAME)."""
+
+
 def check_name(name: Any) -> str:
+    """A study name, checked before anything is created (a name the stores refuse half-way would
+    leave a half-created study)."""
     if not isinstance(name, str) or not NAME.match(name):
         raise UsageError(f"name={name!r}: a study needs a name of letters, digits, '_', '.' and '-'")
+    if len(name) > MAX_STUDY_NAME:
+        raise UsageError(f"name: {len(name)} characters is too long for a study name; allowed: 1 to "
+                         f"{MAX_STUDY_NAME} letters, digits, '_', '.' and '-'")
     return name
 
 

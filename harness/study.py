@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -108,17 +110,29 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
     Runs in the driver before any worker starts, so workers always find a complete study.
     """
     existing = _find_study(storage, spec.name)
-    if existing is not None:
-        if info(existing).get("type") != "ablation":
-            raise UsageError(f"study {spec.name!r} exists and is a {info(existing).get('type')}, "
-                             f"not an ablation; rename the spec")
-        check_spec_unchanged(existing, spec)
-    study = existing or optuna.create_study(study_name=spec.name, storage=storage, direction="minimize")
-    previous = info(study) if existing is not None else {"arms": {}}
+    if existing is None:
+        with created_study(storage, spec.name, ["minimize"], client) as (study, made):
+            made.append(_create_parent(client, spec, storage_url))
+            study.set_user_attr(ATTR, _ablation_meta(spec, made[0], {"arms": {}}))
+            enqueue_missing(study, retry_failed=True)
+        return study
+    if info(existing).get("type") != "ablation":
+        raise UsageError(f"study {spec.name!r} exists and is a {info(existing).get('type')}, "
+                         f"not an ablation; rename the spec")
+    check_spec_unchanged(existing, spec)
+    previous = info(existing)
+    existing.set_user_attr(ATTR, _ablation_meta(spec, previous["parent_run_id"], previous))
+    client.update_run(previous["parent_run_id"], status="RUNNING")
+    retire_deleted_runs(existing, client)
+    enqueue_missing(existing, retry_failed=True)
+    return existing
+
+
+def _ablation_meta(spec: AblationSpec, parent: str, previous: dict[str, Any]) -> dict[str, Any]:
+    """The study's `harness` attribute: what it had (`previous`) joined with what `spec` adds."""
     arms = dict(previous["arms"])
     arms.update({a.label: {"config": a.config.to_dict(), "hash": a.config.hash()} for a in spec.arms})
-    parent = previous.get("parent_run_id") or _create_parent(client, spec, storage_url)
-    study.set_user_attr(ATTR, {
+    return {
         "type": "ablation",
         "experiment": spec.name,
         "parent_run_id": parent,
@@ -126,12 +140,28 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
         "seeds": sorted(set(previous.get("seeds", [])) | set(spec.seeds)),
         "cells": sorted({*previous.get("cells", []), *(c.key for c in spec.cells)}),
         "baseline": spec.baseline,
-    })
-    if existing is not None:
-        client.update_run(parent, status="RUNNING")
-        retire_deleted_runs(study, client)
-    enqueue_missing(study, retry_failed=True)
-    return study
+    }
+
+
+@contextmanager
+def created_study(storage: optuna.storages.BaseStorage, name: str, directions: list[str],
+                  client: MlflowClient) -> Iterator[tuple[optuna.Study, list[str]]]:
+    """Create study `name` all or nothing: yields it with a list for the MLflow runs made for it.
+
+    When the block fails (a store error, Ctrl-C), the study is deleted and the runs listed are
+    deleted too, so no empty study is left to block the name ("not created by ablate") and no
+    parent run is left RUNNING; the same command can simply run again.
+    """
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    made: list[str] = []
+    try:
+        yield study, made
+    except BaseException:
+        with suppress(Exception):  # the first error is the one to report
+            optuna.delete_study(study_name=name, storage=storage)
+            for run_id in made:
+                client.delete_run(run_id)
+        raise
 
 
 def _find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -162,7 +192,8 @@ def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
     """Queue every cell that has no COMPLETE, WAITING or RUNNING trial.
 
     A cell whose trial failed is queued again only with `retry_failed` (a new `ablate run`),
-    except when its worker died (reaped): that trial is retried at once, by any worker.
+    except when its worker died (reaped) or its training diverged: that trial is retried at once,
+    by any worker, a diverged one until it diverged DIVERGED_ATTEMPTS times (then it is settled).
     """
     cells = info(study)["cells"]
     by_cell = trials_by_cell(study)
@@ -172,7 +203,10 @@ def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
         if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
         failed = [t for t in trials if t.state == TrialState.FAIL]
-        if failed and not retry_failed and not all("harness.reaped" in t.system_attrs for t in failed):
+        if sum(map(diverged, failed)) >= DIVERGED_ATTEMPTS:
+            continue  # settled: the recipe diverges on this seed, which is a result
+        if failed and not retry_failed and not all("harness.reaped" in t.system_attrs or diverged(t)
+                                                   for t in failed):
             continue
         arm, seed = key.rsplit("/seed=", 1)
         study.enqueue_trial({}, user_attrs={"arm": arm, "seed": int(seed), "attempt": len(trials) + 1})
@@ -239,15 +273,31 @@ def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
 
 # --- progress and summaries ---------------------------------------------------------------------
 
+DIVERGED_ATTEMPTS = 2
+"""Tries after which a cell whose training diverged (non-finite loss) is settled as `diverged`: on
+a CPU the same recipe and seed diverge again, so retrying forever would keep a study from ever
+completing; one retry covers a divergence that was not deterministic (a GPU's)."""
+SETTLED = ("done", "diverged")
+"""Cell states that need no more training: a study whose cells are all settled is complete."""
+CELL_STATES = ("done", "diverged", "running", "failed", "waiting", "missing")
+
+
+def diverged(trial: FrozenTrial) -> bool:
+    """Whether the trial failed because its training diverged (harness.worker.fail_trial)."""
+    return trial.state == TrialState.FAIL and "diverged" in trial.user_attrs
+
+
 def cell_status(study: optuna.Study) -> dict[str, str]:
-    """Each cell's state: done, running, failed, waiting (or missing: not queued)."""
+    """Each cell's state: done, diverged (settled), running, failed, waiting (or missing: not queued)."""
     out = {}
     by_cell = trials_by_cell(study)
     for key in info(study)["cells"]:
-        states = {t.state for t in by_cell.get(key, [])}
+        trials = by_cell.get(key, [])
+        states = {t.state for t in trials}
         out[key] = ("done" if TrialState.COMPLETE in states else
                     "running" if TrialState.RUNNING in states else
                     "waiting" if TrialState.WAITING in states else
+                    "diverged" if sum(map(diverged, trials)) >= DIVERGED_ATTEMPTS else
                     "failed" if TrialState.FAIL in states else "missing")
     return out
 
@@ -256,7 +306,7 @@ def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for key, state in cell_status(study).items():
         arm = key.rsplit("/seed=", 1)[0]
-        row = counts.setdefault(arm, {"done": 0, "running": 0, "failed": 0, "waiting": 0, "missing": 0})
+        row = counts.setdefault(arm, dict.fromkeys(CELL_STATES, 0))
         row[state] += 1
     return counts
 
@@ -285,9 +335,15 @@ def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, 
         for trial in trials:
             if trial.state == TrialState.COMPLETE:
                 by_arm[trial.user_attrs["arm"]].append(trial)
+    diverged_seeds: dict[str, list[str]] = defaultdict(list)
+    for key, state in cell_status(study).items():
+        if state == "diverged":
+            arm, seed = key.rsplit("/seed=", 1)
+            diverged_seeds[arm].append(seed)
     summaries = {}
     now = int(time.time() * 1000)
-    for arm, trials in sorted(by_arm.items()):
+    for arm in sorted(set(by_arm) | set(diverged_seeds)):
+        trials = by_arm.get(arm, [])
         metrics = {}
         for name in SUMMARY_METRICS:
             values = [t.user_attrs[name] for t in trials if name in t.user_attrs]
@@ -298,7 +354,9 @@ def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, 
             "mlflow.parentRunId": meta["parent_run_id"]}).info.run_id
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                          tags=[RunTag("harness.seeds", ",".join(str(t.user_attrs["seed"]) for t in
-                                                                 sorted(trials, key=lambda t: t.user_attrs["seed"])))])
+                                                                 sorted(trials, key=lambda t: t.user_attrs["seed"]))),
+                               # the seeds whose training diverged (non-finite loss): a result, not a gap
+                               RunTag("harness.diverged", ",".join(sorted(diverged_seeds[arm], key=int)))])
         client.set_terminated(run_id, status="FINISHED")
         summaries[arm] = metrics
     return summaries

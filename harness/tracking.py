@@ -57,6 +57,21 @@ def init_store() -> MlflowClient:
         return _open_client(uri)
 
 
+def read_store(what: str) -> MlflowClient:
+    """The project's MLflow store for a command that only reads (report, status): never creates it.
+
+    A SQLite store that is not there yet holds nothing, so `what` (the thing looked for) is
+    reported missing with UsageError instead of creating an empty database.
+    """
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UsageError(f"{what}: the MLflow store {redact(uri)} does not exist yet (nothing was "
+                         f"tracked in {project_root()}); run ablate train, run or search first")
+    mlflow.set_tracking_uri(uri)
+    return _open_client(uri)
+
+
 def _open_client(uri: str) -> MlflowClient:
     try:
         client = MlflowClient(uri)
@@ -67,9 +82,72 @@ def _open_client(uri: str) -> MlflowClient:
     return client
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "token", "access_token", "secret")
+"""Query parameters that carry a credential (`?password=` is as valid as `user:pw@host`)."""
+
+
 def redact(url: str) -> str:
-    """A URL without its password, for logs and tags."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """A URL without its password, for logs, tags and messages.
+
+    Parsed with SQLAlchemy's URL parser (the one that opens the storage), so every form it
+    accepts is covered: `user:pw@host`, `:pw@host` (no user), and credentials in the query
+    (`?password=...`). A string that does not parse as a URL has no password to hide, except
+    after `://`, which is cut at the last '@' as a last resort.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}" if sep and "@" in rest else url
+    query = {k: ("***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+    # render_as_string percent-quotes query values; the mask reads better unquoted.
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error message from a driver, say) with every secret of `url` replaced by ***."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def secrets_of(url: str) -> list[str]:
+    """The passwords and secret query values in `url` (empty when it has none or is no URL)."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return []
+    values = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            values += [value] if isinstance(value, str) else list(value)
+    return [form for v in values if v for form in {str(v), quote(str(v), safe="")}]
+
+
+MAX_NAME = 128
+"""Longest experiment (and study) name: the name is also a folder of artifacts (mlruns/artifacts/
+NAME), and a path component longer than the file system's 255 bytes fails after the run exists."""
+
+
+def check_experiment_name(name: str, option: str = "--experiment") -> str:
+    """`name` when MLflow and the artifact folder can take it; else UsageError (nothing created)."""
+    if not name.strip():
+        raise UsageError(f"{option}={name!r}: an experiment needs a name; allowed: 1 to {MAX_NAME} "
+                         f"printable characters")
+    if len(name) > MAX_NAME:
+        raise UsageError(f"{option}: a name of {len(name)} characters is too long; allowed: 1 to "
+                         f"{MAX_NAME} characters")
+    if not name.isprintable():
+        raise UsageError(f"{option}={name!r}: control characters are not allowed in a name")
+    return name
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -137,7 +215,11 @@ class RunTracker:
 
     @classmethod
     def resume(cls, client: MlflowClient, run_id: str) -> "RunTracker":
+        """Reopen an interrupted run: RUNNING again, and no longer tagged with why it stopped
+        (a new interruption tags it again)."""
         client.update_run(run_id, status="RUNNING")
+        if "harness.reason" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "harness.reason")
         return cls(client, run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:

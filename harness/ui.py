@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,29 +23,41 @@ def mlflow_ui_command(host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def dashboard_command(storage: str, host: str, port: int) -> list[str]:
-    exe = shutil.which("optuna-dashboard")
-    if importlib.util.find_spec("optuna_dashboard") is None or exe is None:
+def dashboard_command(host: str, port: int) -> list[str]:
+    """optuna-dashboard, served by harness.dashboard (Host and Origin checked) with this Python.
+
+    Found as a module of this interpreter, not as an `optuna-dashboard` script on PATH: an
+    un-activated `.venv/bin/ablate` has the package but not its script on PATH. The storage goes
+    in the environment (STORAGE_ENV), never in the command line.
+    """
+    if importlib.util.find_spec("optuna_dashboard") is None:
         raise UsageError("--optuna needs optuna-dashboard: pip install 'ablate[dashboard]' "
                          "(or pip install optuna-dashboard)")
-    return [exe, storage, "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "harness.dashboard", "--host", host, "--port", str(port)]
 
 
 def serve(host: str, port: int, optuna: bool = False, storage: str | None = None) -> int:
     """Run the UI(s) in the foreground until Ctrl-C."""
-    from harness.storage import dashboard_storage, default_storage
+    from harness.storage import STORAGE_ENV, default_storage, open_storage
 
-    init_store()  # a fresh project gets its database before the server opens it
-    commands = [mlflow_ui_command(host, port)]
+    env = dict(os.environ)
+    commands = []
     if optuna:
-        commands.append(dashboard_command(dashboard_storage(storage or default_storage()), host, port + 1))
+        url = storage or default_storage()
+        # A bad storage is one line here, not a traceback in the server's log; a journal named
+        # with --storage must exist (only the project's own is created, for a fresh project).
+        open_storage(url, create=storage is None)
+        env[STORAGE_ENV] = url
+        commands.append(dashboard_command(host, port + 1))
+    init_store()  # a fresh project gets its database before the server opens it
+    commands.insert(0, mlflow_ui_command(host, port))
     print(f"MLflow UI: http://{host}:{port}  (store {redact(tracking_uri())})", flush=True)
     if optuna:
         print(f"optuna-dashboard: http://{host}:{port + 1}", flush=True)
     # Each server in its own process group: the MLflow UI runs uvicorn children that must go
     # down with it, and SIGTERM (from a service manager or a test) stops us like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    procs = [subprocess.Popen(cmd, start_new_session=True) for cmd in commands]
+    procs = [subprocess.Popen(cmd, start_new_session=True, env=env) for cmd in commands]
     try:
         return max(p.wait() for p in procs)
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from harness.storage import load_study
 from harness.study import (REPORTED, STALE, arm_configs, close_killed, enqueue_missing, first_owner,
                            info, reap_dead)
 from harness.tracking import init_store
-from harness.train import prepare_data
+from harness.train import NonFiniteLoss, prepare_data
 
 POLL_S = float(os.environ.get("ABLATE_POLL_S", "2"))
 log = logging.getLogger("ablate.worker")
@@ -86,11 +86,17 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
 
 def fail_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat,
                error: Exception | None = None) -> None:
-    """Stop the heartbeat and tell the storage the trial failed, with `error` as user attribute."""
+    """Stop the heartbeat and tell the storage the trial failed, with `error` as user attribute.
+
+    A training that diverged (NonFiniteLoss) is also marked `diverged`: a result of the recipe,
+    retried a bounded number of times (harness.study.DIVERGED_ATTEMPTS), not an accident.
+    """
     beat.stop()
     if error is not None:
         log.warning("trial %d failed: %s", trial.number, error)
         trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+        if isinstance(error, NonFiniteLoss):
+            trial.set_user_attr("diverged", str(error))
     study.tell(trial, state=TrialState.FAIL)
 
 
@@ -129,7 +135,7 @@ def run_worker(study_name: str, storage_url: str, threads: int | None = None) ->
     """Serve an ablation study until every cell is done or failed; returns cells trained."""
     if threads:
         torch.set_num_threads(threads)
-    study = load_study(study_name, storage_url)
+    study = load_study(study_name, storage_url, create=False)  # a worker joins, never creates
     client = init_store()
     kind = info(study)["type"]
     if kind == "search":

@@ -36,7 +36,7 @@ def test_ui_optuna_without_the_dashboard_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna_dashboard" else real(name, *a))
     with pytest.raises(UsageError, match="pip install"):
-        dashboard_command("x.journal", "127.0.0.1", 5001)
+        dashboard_command("127.0.0.1", 5001)
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

@@ -17,6 +17,7 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.report import arms as arms_mod
 from harness.report import collect, figures, links, render, search, stats
+from harness.report.output import claim_out_dir
 from harness.report.verdict import ALPHA, MIN_SEEDS, number, verdict
 
 __all__ = ["ReportResult", "build_report", "default_out_dir"]
@@ -91,8 +92,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
                                                       study.parent_tag("harness.objective"))
         notes.append(search_note)
 
-    out = Path(out_dir) if out_dir is not None else default_out_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_out_dir(Path(out_dir) if out_dir is not None else default_out_dir(name))
     figure_files = figures.write_figures(figures.FigureInput(
         runs=runs, history=history, arms=featured, baseline=grouped.baseline, metric=metric,
         arm_stats=arm_stats, study_type=study_type, search=search_data, search_note=search_note),

@@ -134,11 +134,10 @@ def _row(run: Any) -> dict[str, Any]:
 
 
 def safe_uri(uri: str) -> str:
-    """The tracking URI without user:password (a server URL may carry them)."""
-    parsed = urlparse(uri)
-    if parsed.password is None and parsed.username is None:
-        return uri
-    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    """The tracking URI without its password, in any form (harness.tracking.redact)."""
+    from harness.tracking import redact
+
+    return redact(uri)
 
 
 def local_path(artifact_uri: str) -> Path | None:
