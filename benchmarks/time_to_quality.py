@@ -6,7 +6,7 @@ lr cosine from 1e-3 to 1e-4 over 2,000 steps (no warmup in either loop), 2,000 s
 training split (data.train_chars null). nanoGPT reports a val loss of about 1.88 for it.
 
 - harness: harness.train.train on the config below; a Hooks.on_eval records the time of every
-  evaluation (train.eval_every, train.eval_batches: the harness's evaluation settings, shown in
+  evaluation (train.eval_every, train.eval_windows: the harness's evaluation settings, shown in
   the table; its evaluations use fixed windows of train and val text). No text samples.
 - reference: the textbook nanoGPT loop (benchmarks/reference_gpt.py's model, random windows via
   torch.randint, estimate_loss every eval_interval=250 steps and at step 0 on eval_iters=20
@@ -55,7 +55,7 @@ def harness_config(args):
                   "weight_decay": r["weight_decay"], "clip_norm": r["clip"]},
         "schedule": {"name": "cosine", "eta_min": r["min_lr"], "interval": "step"},
         "train": {"batch_size": r["batch_size"], "max_steps": args.steps, "epochs": 100,
-                  "eval_every": args.eval_every, "eval_batches": args.eval_batches,
+                  "eval_every": args.eval_every, "eval_windows": args.eval_windows,
                   "threads": args.threads, "seed": args.seed},
         "sample": {"count": 0},
     })
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Tiny Shakespeare's input.txt")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=250, help="harness: train.eval_every")
-    parser.add_argument("--eval-batches", type=int, default=16, help="harness: train.eval_batches")
+    parser.add_argument("--eval-windows", type=int, default=192, help="harness: train.eval_windows")
     parser.add_argument("--eval-interval", type=int, default=250, help="reference: eval_interval")
     parser.add_argument("--eval-iters", type=int, default=20, help="reference: eval_iters")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each loop's process")
@@ -219,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.eval_every, args.eval_interval = 60, 20, 20
-        args.eval_batches, args.eval_iters = 2, 2
+        args.eval_windows, args.eval_iters = 24, 2
     if not args.data.exists():
         parser.error(f"--data {args.data}: no such file (Tiny Shakespeare's input.txt)")
     args.data = args.data.resolve()
@@ -247,8 +247,8 @@ def main() -> None:
     h, ref = out["harness"], out["reference"]
     rows, summary = [], {}
     for name, res, settings in (
-            ("harness", h, f"eval_every {args.eval_every}, eval_batches {args.eval_batches} "
-                           f"({args.eval_batches * RECIPE['batch_size']} windows per split)"),
+            ("harness", h, f"eval_every {args.eval_every}, eval_windows {args.eval_windows} "
+                           f"(windows per split)"),
             ("reference", ref, f"eval_interval {args.eval_interval}, eval_iters {args.eval_iters} "
                                f"(random batches, also at step 0)")):
         final = res["evals"][-1]

@@ -99,10 +99,10 @@ def main() -> None:
 
     # The default recipe (the demo's model size), evaluating often so tracking has work to do.
     overrides = {"train.threads": args.threads, "train.epochs": 3, "train.eval_every": 5,
-                 "train.eval_batches": 4, "data.train_chars": 50_000}
+                 "train.eval_windows": 128, "data.train_chars": 50_000}
     if args.quick:
         overrides.update({"train.epochs": 1, "data.train_chars": 20_000, "train.eval_every": 5,
-                          "train.eval_batches": 2, "model.n_layer": 1, "sample.chars": 20})
+                          "train.eval_windows": 64, "model.n_layer": 1, "sample.chars": 20})
     pairs = 1 if args.quick else args.pairs
     cfg = build_config({}, overrides)
     data = prepare_data(cfg)

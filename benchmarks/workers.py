@@ -25,7 +25,7 @@ def spec(epochs: int, seeds: int) -> dict:
         "name": "bench-workers",
         "base": {"data": {"train_chars": 20000, "block_size": 64},
                  "model": {"n_layer": 2, "n_head": 4, "n_embd": 128},
-                 "train": {"epochs": epochs, "batch_size": 32, "eval_batches": 4},
+                 "train": {"epochs": epochs, "batch_size": 32, "eval_windows": 128},
                  "sample": {"count": 0}},
         "factors": {"model.dropout": [0.2]},
         "seeds": list(range(seeds)),

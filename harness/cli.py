@@ -62,8 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     s = outcome.result.summary
     exp_id = experiment_id(client, experiment)
     print(f"run {outcome.run_id} {outcome.status} (experiment {experiment!r})")
-    print(f"  best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch:g}; gap at best {s.gap_at_best:.4f}; "
-          f"final gap {s.final_gap:.4f}; {s.wall_s:.1f} s, {s.n_params:,} parameters")
+    print(f"  best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch:g}; there: test loss {s.test_loss:.4f}, "
+          f"gap on test {s.test_gap:.4f}; final gap {s.final_gap:.4f}; {s.wall_s:.1f} s, {s.n_params:,} parameters")
     print(f"  open it: ablate ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/{exp_id}/runs/{outcome.run_id}")
     return 0
 
@@ -73,7 +73,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="the study (MLflow experiment) name")
     p.add_argument("--out", help="output folder (default: reports/NAME)")
     p.add_argument("--baseline", help="the arm to compare against (default: the study's baseline)")
-    p.add_argument("--metric", default="final_gap", help="the metric of the verdicts (default: final_gap)")
+    p.add_argument("--metric", help="the metric of the secondary comparison table (default: the search's "
+                                    "objective for a search or its confirmation, else test_loss); the "
+                                    "verdicts always judge held-out loss and gap together")
+    p.add_argument("--ignore-failed", action="store_true",
+                   help="judge an arm with failed seeds on its finished seeds alone (by default it "
+                        "cannot be called generalizes-better)")
     p.add_argument("--group-by", default="harness.arm",
                    help="tag (or params.KEY) that names a run's arm, for loose ablate train runs")
     p.add_argument("--ui-url", default=f"http://{UI_HOST}:{UI_PORT}", help="MLflow UI address for links")
@@ -90,7 +95,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_out_dir(Path(args.out) if args.out else default_out_dir(args.name))
     read_store(f"no study named {args.name!r}")  # reading never creates the store
     result = build_report(args.name, out_dir=Path(args.out) if args.out else None, baseline=args.baseline,
-                          metric=args.metric, ui_url=args.ui_url, group_by=args.group_by)
+                          metric=args.metric, ui_url=args.ui_url, group_by=args.group_by,
+                          ignore_failed=args.ignore_failed)
     print(f"report: {result.out_dir / 'index.html'}")
     for line in result.summary_lines:
         print(f"  {line}")
@@ -115,13 +121,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     data = prepare_data(cfg)
     c = data.corpus
-    n_train_full = int(len(c.text) * (1 - cfg.data.val_fraction))
     print(f"corpus      {c.name}")
     print(f"characters  {len(c.text):,}")
     print(f"vocabulary  {len(data.vocab)} characters")
-    print(f"train       {len(data.train):,} characters (of {n_train_full:,}; data.train_chars="
+    print(f"train       {len(data.train):,} characters (of {data.train_full:,}; data.train_chars="
           f"{cfg.data.train_chars})")
-    print(f"val         {len(data.val):,} characters")
+    print(f"validation  {len(data.val):,} characters (decides: best evaluation, plateau, pruning, search)")
+    print(f"test        {len(data.test):,} characters (reported only)")
     print(f"block size  {cfg.data.block_size}")
     print(f"sha256      {c.sha256}")
     return 0

@@ -35,7 +35,22 @@ class DataConfig(_Section):
     train_chars: int | None = Field(default=100_000, gt=0)
     """Cap on the training text (first N characters of the training split); null = all."""
     block_size: int = Field(default=64, gt=1)
-    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    """Validation split: every decision (best evaluation, plateau, pruning, Optuna objective, top-k)."""
+    test_fraction: float = Field(default=0.05, gt=0, lt=1)
+    """Test split, the corpus's last characters: only reported, never decides anything.
+
+    The defaults carve validation and test out of nanoGPT's 10% validation tail, so the
+    training text stays the first 90% of the corpus."""
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _room_for_training(cls, test_fraction: float, info: Any) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + test_fraction >= 1:
+            raise ValueError(f"with data.val_fraction={val}, val_fraction + test_fraction must be "
+                             f"below 1 (training needs the rest); allowed: below {1 - val:g}")
+        return test_fraction
 
 
 class ModelConfig(_Section):
@@ -128,8 +143,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=32, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     """Evaluate every N optimizer steps; null = at the end of every epoch."""
-    eval_batches: int = Field(default=16, ge=1)
-    """Evaluation sample: eval_batches x batch_size fixed windows of train and of val text."""
+    eval_windows: int = Field(default=512, ge=1)
+    """Evaluation sample: this many fixed windows of train, of validation and of test text
+    (all of a split when it has fewer), the same whatever the batch size."""
     patience: int = Field(default=2, ge=1)
     """Evaluations of rising val loss that mark the overfitting onset."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)

@@ -184,30 +184,47 @@ class Vocab:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The encoded split. `train` is capped by data.train_chars; the vocabulary covers the corpus."""
+    """The encoded splits. `train` is capped by data.train_chars; the vocabulary covers the corpus.
+
+    `val` serves every decision a run or a study makes; `test` is only reported.
+    """
 
     corpus: Corpus
     vocab: Vocab
     train: torch.Tensor
     val: torch.Tensor
+    test: torch.Tensor
+    train_full: int
+    """Characters of the training split before the data.train_chars cap."""
 
 
 def make_dataset(corpus: Corpus, block_size: int, train_chars: int | None,
-                 val_fraction: float = 0.1) -> Dataset:
-    """Contiguous split: first (1 - val_fraction) train, the rest val, as nanoGPT."""
+                 val_fraction: float = 0.05, test_fraction: float = 0.05) -> Dataset:
+    """Contiguous split: train first, then validation, then test at the very end.
+
+    The training split is the first (1 - val_fraction - test_fraction) of the corpus, as nanoGPT's
+    first 90% with the defaults; validation and test divide what nanoGPT validates on, so
+    neither is ever trained on and test sits furthest from the training text.
+    """
     vocab = Vocab.from_text(corpus.text)
     data = vocab.encode(corpus.text)
-    n_train = int(len(data) * (1 - val_fraction))
-    train, val = data[:n_train], data[n_train:]
+    n_train = int(len(data) * (1 - (val_fraction + test_fraction)))
+    n_val = int(len(data) * val_fraction)
+    train, val, test = data[:n_train], data[n_train:n_train + n_val], data[n_train + n_val:]
+    train_full = len(train)
     if train_chars is not None:
         train = train[:train_chars]
     # A window needs block_size inputs plus one target.
-    for split, part in (("validation", val), ("training", train)):
+    for split, part in (("validation", val), ("test", test), ("training", train)):
+        if len(part) < 3:  # no block size fits (data.block_size is at least 2)
+            raise UsageError(
+                f"data.corpus={corpus.name!r}: too short ({len(corpus.text)} characters): its {split} "
+                f"text has {len(part)}; allowed: a corpus of at least a few hundred characters")
         if len(part) < block_size + 1:
             raise UsageError(
                 f"data.block_size={block_size}: larger than the {split} text of corpus "
                 f"{corpus.name!r} ({len(part)} characters); allowed: at most {len(part) - 1}")
-    return Dataset(corpus, vocab, train, val)
+    return Dataset(corpus, vocab, train, val, test, train_full)
 
 
 def windows_per_epoch(n_chars: int, block_size: int) -> int:

@@ -3,6 +3,10 @@
 This module is the single owner of those definitions (DESIGN.md, "Training and the metrics").
 The gap is always val_loss - train_eval_loss: the eval-mode loss on a fixed sample of training
 windows, never the running training loss, which dropout and augmentation inflate.
+
+Validation decides, test reports: the best evaluation (and so best_val_loss, best_epoch,
+gap_at_best) is chosen on validation loss alone; `test_loss` and `test_gap` are read off the test
+split at that same evaluation, text that no decision of the run or of its study ever saw.
 """
 
 from __future__ import annotations
@@ -12,8 +16,15 @@ from dataclasses import asdict, dataclass, field
 
 EVAL_METRICS = ("epoch", "train_loss", "train_eval_loss", "val_loss", "gap", "gap_ratio", "lr",
                 "grad_norm", "grad_norm_max", "clip_frac", "tokens_per_s")
-SUMMARY_METRICS = ("best_val_loss", "best_epoch", "gap_at_best", "final_gap", "max_gap",
-                   "overfit_onset", "final_val_loss", "final_train_eval_loss", "wall_s", "n_params")
+"""Logged to MLflow at every evaluation (the live curves)."""
+HISTORY_COLUMNS = EVAL_METRICS + ("test_loss",)
+"""history.json's columns. The test loss of every evaluation is kept there only: the MLflow
+metric `test_loss` is the summary's (at the validation-selected evaluation), and no live chart
+invites picking an epoch by its test loss."""
+SUMMARY_METRICS = ("test_loss", "test_gap", "final_test_loss", "best_val_loss", "best_epoch",
+                   "gap_at_best", "final_gap", "max_gap", "overfit_onset", "onset_censored",
+                   "final_val_loss", "final_train_eval_loss", "wall_s", "n_params")
+"""The per-run summary metrics (docs/tracking.md), logged once at step 0."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,10 @@ class Evaluation:
     """Mean training loss since the previous evaluation, regularization active."""
     train_eval_loss: float
     val_loss: float
+    test_loss: float
+    """Eval-mode loss on the test sample: recorded for the report, never read by a decision."""
     lr: float
+    """The learning rate the last optimizer step before this evaluation applied."""
     grad_norm: float
     """Mean global gradient norm before clipping, since the previous evaluation."""
     grad_norm_max: float
@@ -57,8 +71,12 @@ class StepStats:
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    lr: float = 0.0
+    """The learning rate of the latest step."""
 
-    def add(self, loss: float, grad_norm: float, clipped: bool, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, grad_norm: float, clipped: bool, tokens: int, seconds: float,
+            lr: float) -> None:
+        self.lr = lr
         self.loss_sum += loss
         self.norm_sum += grad_norm
         self.norm_max = max(self.norm_max, grad_norm)
@@ -83,33 +101,44 @@ def overfit_onset(val_losses: list[float], epochs: list[float], patience: int) -
 
 @dataclass
 class Summary:
+    test_loss: float
+    """Test loss at the best evaluation (chosen on validation loss): the held-out loss reported."""
+    test_gap: float
+    """test_loss - train_eval_loss at the best evaluation: the gap measured on test text."""
+    final_test_loss: float
     best_val_loss: float
     best_epoch: float
     gap_at_best: float
     final_gap: float
     max_gap: float
-    overfit_onset: float | None
+    overfit_onset: float
+    """Epoch where overfitting set in; the last evaluation's epoch when it never did (censored)."""
+    onset_censored: bool
+    """True when val loss never rose `patience` times in a row: the onset lies beyond the budget."""
     final_val_loss: float
     final_train_eval_loss: float
     wall_s: float = 0.0
     n_params: int = 0
-    extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        out = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v) for k, v in asdict(self).items()}
 
 
 def summarize(history: list[Evaluation], patience: int, wall_s: float, n_params: int) -> Summary:
     best = min(history, key=lambda e: e.val_loss)
     last = history[-1]
+    onset = overfit_onset([e.val_loss for e in history], [e.epoch for e in history], patience)
     return Summary(
+        test_loss=best.test_loss,
+        test_gap=best.test_loss - best.train_eval_loss,
+        final_test_loss=last.test_loss,
         best_val_loss=best.val_loss,
         best_epoch=best.epoch,
         gap_at_best=best.gap,
         final_gap=last.gap,
         max_gap=max(e.gap for e in history),
-        overfit_onset=overfit_onset([e.val_loss for e in history], [e.epoch for e in history], patience),
+        overfit_onset=last.epoch if onset is None else onset,
+        onset_censored=onset is None,
         final_val_loss=last.val_loss,
         final_train_eval_loss=last.train_eval_loss,
         wall_s=wall_s,
@@ -120,6 +149,6 @@ def summarize(history: list[Evaluation], patience: int, wall_s: float, n_params:
 def history_columns(history: list[Evaluation]) -> dict[str, list[float]]:
     """Column-oriented history (the `history.json` artifact): {"step": [...], "val_loss": [...]}."""
     cols: dict[str, list[float]] = {"step": [e.step for e in history]}
-    for name in EVAL_METRICS:
+    for name in HISTORY_COLUMNS:
         cols[name] = [float(getattr(e, name)) for e in history]
     return cols

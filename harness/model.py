@@ -20,6 +20,9 @@ from torch import nn
 
 from harness.config import ModelConfig
 
+IGNORE_INDEX = -100
+"""A target the loss skips (torch's cross-entropy default); augmentation masks with it."""
+
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "none":
@@ -120,12 +123,18 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.block_size = block_size
-        self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(block_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        # Post-norm blocks end normalised already; a final norm belongs to pre-norm only.
-        self.norm_f = make_norm(cfg) if cfg.norm == "pre" else nn.Identity()
-        self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        # torch's default initialisers draw from the global generator, and a Linear with a bias
+        # draws more than one without: with model.bias changed, every later draw (weights,
+        # dropout masks) would shift and the arm would lose its pairing with the baseline.
+        # Their draws are thrown away (the generator is restored); `_init_weights` draws the
+        # weights in the same order whatever the bias and norm settings.
+        with torch.random.fork_rng(devices=[]):
+            self.tok_emb = nn.Embedding(vocab_size, cfg.n_embd)
+            self.pos_emb = nn.Embedding(block_size, cfg.n_embd)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+            # Post-norm blocks end normalised already; a final norm belongs to pre-norm only.
+            self.norm_f = make_norm(cfg) if cfg.norm == "pre" else nn.Identity()
+            self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -156,7 +165,8 @@ class GPT(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, new_tokens: int, temperature: float,

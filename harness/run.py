@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import matplotlib.pyplot as plt
+import torch
 from mlflow.tracking import MlflowClient
 
 from harness.checkpoint import load_checkpoint
@@ -69,7 +70,10 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
     """
     data = dataset or preflight(cfg)
     run_tags = {"harness.config_hash": cfg.hash(), "harness.recipe_hash": cfg.recipe_hash(),
-                "harness.seed": cfg.train.seed, **(tags or {})}
+                "harness.seed": cfg.train.seed,
+                # Float results are bit-identical only at one intra-op thread count; reports say
+                # when a study's runs differ in it.
+                "harness.threads": cfg.train.threads or torch.get_num_threads(), **(tags or {})}
     tracker = RunTracker.start(client, experiment, run_name, run_tags, cfg.flat(), parent_run_id)
     tracker.log_config(cfg.to_dict())
     if on_start:

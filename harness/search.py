@@ -404,6 +404,7 @@ def _create_parent(client: MlflowClient, spec: SearchSpec, storage_url: str) -> 
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
         "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "search",
         "harness.storage": redact(storage_url), "harness.objective": spec.objective.tag,
+        "harness.objective_metric": spec.objective.names[0],
         "mlflow.note.content": f"{note} (objective: {', '.join(spec.objective.names)}, minimised)"})
     client.log_text(run.info.run_id, yaml.safe_dump(spec.raw, sort_keys=False), "spec.yaml")
     return run.info.run_id
@@ -529,6 +530,8 @@ def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, wor
         print("confirmation skipped: the best trials are the baseline's recipe")
         return 0
     confirm = create_ablation(aspec, open_storage(url), url, client)
+    # Its report compares on the search's objective unless told otherwise (ablate report --metric).
+    client.set_tag(info(confirm)["parent_run_id"], "harness.objective_metric", spec.objective.names[0])
     status = cell_status(confirm)
     todo = sum(1 for s in status.values() if s not in SETTLED)
     print(f"confirmation {aspec.name}: {len(aspec.arms)} arms x {len(aspec.seeds)} fresh seeds "
@@ -550,18 +553,23 @@ def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, wor
 
 
 def confirm_lines(confirm: optuna.Study, spec: SearchSpec, client: MlflowClient) -> str:
-    """Per arm and objective: mean [95% CI] over the fresh seeds, and the paired difference to the
-    baseline on the same seeds; then the winner on the first objective."""
+    """Per arm, objective and held-out loss: mean [95% CI] over the fresh seeds, and the paired
+    difference to the baseline on the same seeds; then the arm with the lowest mean test_loss.
+
+    The top trials were chosen on validation loss, so the objective on fresh seeds still reads the
+    text that chose them; test_loss at the same evaluations is text no decision saw.
+    """
+    names = list(dict.fromkeys([*spec.objective.names, "test_loss"]))
     values: dict[str, dict[int, list[float]]] = {}
     for trial in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
         arm = values.setdefault(trial.user_attrs["arm"], {})
-        arm[trial.user_attrs["seed"]] = [metrics[n] for n in spec.objective.names]
+        arm[trial.user_attrs["seed"]] = [metrics[n] for n in names]
     base = values["baseline"]
     lines = [f"confirmation ({len(base)} fresh seeds; negative differences favour the arm):"]
     for arm, by_seed in values.items():
         parts = []
-        for i, name in enumerate(spec.objective.names):
+        for i, name in enumerate(names):
             m = mean_ci([v[i] for v in by_seed.values()])
             part = f"{name} {m['mean']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
             if arm != "baseline":
@@ -569,7 +577,8 @@ def confirm_lines(confirm: optuna.Study, spec: SearchSpec, client: MlflowClient)
                 part += f", vs baseline {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
             parts.append(part)
         lines.append(f"  {arm:<10} " + "; ".join(parts))
-    winner = min(values, key=lambda a: sum(v[0] for v in values[a].values()) / len(values[a]))
-    lines.append(f"lowest mean {spec.objective.names[0]} on fresh seeds: {winner}   "
-                 f"(ablate report {confirm.study_name})")
+    held_out = names.index("test_loss")
+    winner = min(values, key=lambda a: sum(v[held_out] for v in values[a].values()) / len(values[a]))
+    lines.append(f"lowest mean test_loss (held out, chose nothing) on fresh seeds: {winner}   "
+                 f"(verdicts: ablate report {confirm.study_name})")
     return "\n".join(lines)

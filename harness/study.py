@@ -34,8 +34,11 @@ from harness.tracking import experiment_id, redact
 
 ATTR = "harness"
 RETIRED = "harness.retired_trials"
-SUMMARY_METRICS = ("best_val_loss", "gap_at_best", "final_gap")
-REPORTED = ("best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset", "wall_s")
+ARM_SUMMARY_METRICS = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap")
+"""Averaged over seeds into each arm-summary run: the verdicts' two axes, then the validation view."""
+REPORTED = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset",
+            "wall_s")
+"""Summary metrics copied onto a finished cell's trial (what `ablate status` and searches read)."""
 
 
 def info(study: optuna.Study) -> dict[str, Any]:
@@ -345,7 +348,7 @@ def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, 
     for arm in sorted(set(by_arm) | set(diverged_seeds)):
         trials = by_arm.get(arm, [])
         metrics = {}
-        for name in SUMMARY_METRICS:
+        for name in ARM_SUMMARY_METRICS:
             values = [t.user_attrs[name] for t in trials if name in t.user_attrs]
             if values:
                 metrics.update({f"{name}_{k}": v for k, v in mean_ci(values).items() if not math.isnan(v)})

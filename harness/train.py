@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from harness.augment import augment_inputs
+from harness.augment import augment_batch
 from harness.checkpoint import load_checkpoint, resolve_checkpoint
 from harness.config import Config
 from harness.data import (Dataset, epoch_batches, eval_windows, load_corpus, make_dataset,
@@ -71,8 +71,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def prepare_data(cfg: Config) -> Dataset:
-    return make_dataset(load_corpus(cfg.data.corpus), cfg.data.block_size, cfg.data.train_chars,
-                        cfg.data.val_fraction)
+    d = cfg.data
+    return make_dataset(load_corpus(d.corpus), d.block_size, d.train_chars, d.val_fraction,
+                        d.test_fraction)
 
 
 def build_model(cfg: Config, vocab_size: int) -> GPT:
@@ -163,9 +164,10 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
     total_units = total_steps if cfg.schedule.interval == "step" else math.ceil(total_steps / steps_per_epoch)
     schedule = LRSchedule(optimizer, cfg.schedule, total_units)
 
-    eval_count = t.eval_batches * bs
-    train_sample = eval_windows(data.train, block, eval_count)
-    val_sample = eval_windows(data.val, block, eval_count)
+    # The same windows whatever the batch size, seed or arm: paired runs see the same text.
+    train_sample = eval_windows(data.train, block, t.eval_windows)
+    val_sample = eval_windows(data.val, block, t.eval_windows)
+    test_sample = eval_windows(data.test, block, t.eval_windows)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16"
                 else contextlib.nullcontext())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -220,7 +222,8 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
             train_loss=stats.loss_sum / max(stats.steps, 1),
             train_eval_loss=mean_loss(model, loss_fn, train_sample, bs, device, autocast),
             val_loss=mean_loss(model, loss_fn, val_sample, bs, device, autocast),
-            lr=schedule.lr,
+            test_loss=mean_loss(model, loss_fn, test_sample, bs, device, autocast),
+            lr=stats.lr,
             grad_norm=stats.norm_sum / max(stats.steps, 1),
             grad_norm_max=stats.norm_max,
             clip_frac=stats.clipped / max(stats.steps, 1),
@@ -237,8 +240,8 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
             for i in range(start_batch, len(batches)):
                 tick = time.perf_counter()
                 batch = batches[i]
-                x = augment_inputs(batch[:, :-1], cfg.augment, vocab_size, augment_rng).to(device)
-                y = batch[:, 1:].to(device)
+                x, y = augment_batch(batch[:, :-1], batch[:, 1:], cfg.augment, vocab_size, augment_rng)
+                x, y = x.to(device), y.to(device)
                 with autocast:
                     loss = loss_fn(x, y)
                 loss_value = float(loss.detach())
@@ -249,12 +252,13 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
                 norm = float(torch.nn.utils.clip_grad_norm_(params, clip, foreach=True))
                 if not math.isfinite(norm):
                     raise NonFiniteLoss(step + 1)
+                lr = schedule.lr  # applied by this step; a step-interval schedule moves it next
                 optimizer.step()
                 step += 1
                 if cfg.schedule.interval == "step":
                     schedule.step_unit()
                 stats.add(loss_value, norm, t_clip is not None and norm > t_clip, x.numel(),
-                          time.perf_counter() - tick)
+                          time.perf_counter() - tick, lr)
                 bar.update(1)
                 end_of_epoch = i + 1 == len(batches)
                 end_of_run = step >= total_steps

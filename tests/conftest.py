@@ -44,7 +44,7 @@ def tiny(small_corpus: Path) -> dict:
         "model.n_embd": 32,
         "train.batch_size": 16,
         "train.epochs": 3,
-        "train.eval_batches": 2,
+        "train.eval_windows": 32,
         "train.threads": 1,
         "sample.chars": 20,
         "sample.count": 1,

@@ -27,9 +27,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from harness.config import build_config
-
-EVAL_METRICS = ("epoch", "train_loss", "train_eval_loss", "val_loss", "gap", "gap_ratio", "lr",
-                "grad_norm", "grad_norm_max", "clip_frac", "tokens_per_s")
+from harness.metrics import EVAL_METRICS
 PATIENCE = 2
 SCRIPT_ARM = "<script>alert(1)</script>"
 
@@ -52,6 +50,8 @@ def synthetic_history(overrides: dict[str, Any], seed: int, n_evals: int = 12,
     train_eval = 1.4 + 1.6 * np.exp(-t / 3) - 0.03 * t * (1 - dropout) + seed_shift
     gap = 0.02 + 0.09 * t * (1 - 1.5 * dropout) * (1 - 2 * decay) + noise.normal(0, 0.01, n_evals)
     val = train_eval + gap + 0.25 * np.exp(-t / 2)
+    # Test text sits beside validation text: the same curve, a little harder, its own noise.
+    test = val + 0.03 + noise.normal(0, 0.005, n_evals)
     grad = 1.2 * np.exp(-t / 6) + 0.4 + noise.normal(0, 0.02, n_evals)
     clip_frac = np.zeros(n_evals) if clip is None else 1 / (1 + np.exp(-(grad - float(clip)) * 6))
     return {
@@ -60,6 +60,7 @@ def synthetic_history(overrides: dict[str, Any], seed: int, n_evals: int = 12,
         "train_loss": (train_eval + 0.1 * dropout + 0.05).tolist(),
         "train_eval_loss": train_eval.tolist(),
         "val_loss": val.tolist(),
+        "test_loss": test.tolist(),
         "gap": (val - train_eval).tolist(),
         "gap_ratio": (val / train_eval).tolist(),
         "lr": [_lr(schedule, lr0, e, n_evals) for e in t],
@@ -84,14 +85,17 @@ def summarize(history: dict[str, list[float]]) -> dict[str, float]:
     val = np.asarray(history["val_loss"])
     gap = np.asarray(history["gap"])
     best = int(val.argmin())
-    out = {"best_val_loss": float(val[best]), "best_epoch": history["epoch"][best],
+    test = history["test_loss"]
+    out = {"test_loss": test[best], "test_gap": test[best] - history["train_eval_loss"][best],
+           "final_test_loss": test[-1], "best_val_loss": float(val[best]), "best_epoch": history["epoch"][best],
            "gap_at_best": float(gap[best]), "final_gap": float(gap[-1]), "max_gap": float(gap.max()),
            "final_val_loss": float(val[-1]), "final_train_eval_loss": history["train_eval_loss"][-1],
            "wall_s": 6.0 * len(val), "n_params": 420_000.0}
     rising = np.diff(val) > 0
+    out["overfit_onset"], out["onset_censored"] = history["epoch"][-1], 1.0  # censored at the budget
     for i in range(len(rising) - PATIENCE + 1):
         if rising[i:i + PATIENCE].all():
-            out["overfit_onset"] = history["epoch"][i]
+            out["overfit_onset"], out["onset_censored"] = history["epoch"][i], 0.0
             break
     return out
 

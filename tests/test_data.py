@@ -34,7 +34,8 @@ def test_tinyshakespeare_through_the_loading_code(monkeypatch):
     corpus = load_corpus("tinyshakespeare")
     assert len(corpus.text) == 1_115_394 and corpus.sha256 == TINYSHAKESPEARE_SHA256
     ds = make_dataset(corpus, 64, None)
-    assert (len(ds.train), len(ds.val), len(ds.vocab)) == (1_003_854, 111_540, 65)
+    # nanoGPT's training text exactly; its 111,540 validation characters split into val and test.
+    assert (len(ds.train), len(ds.val), len(ds.test), len(ds.vocab)) == (1_003_854, 55_769, 55_771, 65)
 
 
 def test_tinyshakespeare_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
@@ -74,9 +75,12 @@ def test_split_is_contiguous_and_train_chars_caps_training_only(small_corpus):
     corpus = load_corpus(f"file:{small_corpus}")
     full = make_dataset(corpus, 16, None)
     capped = make_dataset(corpus, 16, 1000)
-    assert len(full.train) == int(len(corpus.text) * 0.9) and len(full.train) + len(full.val) == len(corpus.text)
+    assert len(full.train) == int(len(corpus.text) * 0.9)
+    assert len(full.train) + len(full.val) + len(full.test) == len(corpus.text)
     assert full.vocab.decode(full.val[:50].tolist()) == corpus.text[len(full.train):len(full.train) + 50]
+    assert full.vocab.decode(full.test[-50:].tolist()) == corpus.text[-50:]
     assert torch.equal(capped.train, full.train[:1000]) and torch.equal(capped.val, full.val)
+    assert torch.equal(capped.test, full.test)
 
 
 def test_vocab_round_trip_and_unknown_character():

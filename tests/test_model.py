@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.augment import augment_inputs
+from harness.augment import augment_batch
 from harness.config import AugmentConfig, ModelConfig
 from harness.model import GPT, decay_groups
 
@@ -58,7 +58,7 @@ def test_post_and_none_norm_have_no_final_norm():
 def test_char_swap_swaps_neighbours_at_the_given_rate():
     x = torch.arange(100_000).view(100, 1000) % 50
     gen = torch.Generator().manual_seed(0)
-    out = augment_inputs(x, AugmentConfig(char_swap=0.1), 50, gen)
+    out, _ = augment_batch(x, x, AugmentConfig(char_swap=0.1), 50, gen)
     assert torch.equal(out.sort(dim=1).values, x.sort(dim=1).values)  # a permutation within each row
     moved = (out != x).float().mean().item()
     # p=0.1 with overlapping picks dropped: about 2 * 0.1 * 0.9 of positions move.
@@ -68,7 +68,9 @@ def test_char_swap_swaps_neighbours_at_the_given_rate():
 
 def test_noise_replaces_at_the_given_rate_and_zero_is_identity():
     x = torch.zeros(200, 500, dtype=torch.long)
-    out = augment_inputs(x, AugmentConfig(noise=0.2), 65, torch.Generator().manual_seed(1))
+    out, y = augment_batch(x, x, AugmentConfig(noise=0.2), 65, torch.Generator().manual_seed(1))
+    assert y is x  # noise alone reveals no target: nothing masked
     changed = (out != 0).float().mean().item()
     assert 0.18 < changed < 0.2 * 64 / 65 + 0.01 and int(out.max()) < 65
-    assert augment_inputs(x, AugmentConfig(), 65, torch.Generator()) is x
+    same_x, same_y = augment_batch(x, x, AugmentConfig(), 65, torch.Generator())
+    assert same_x is x and same_y is x

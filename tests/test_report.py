@@ -8,6 +8,7 @@ import html
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from report_fixtures import ABLATION_ARMS, SCRIPT_ARM, shared_store
 
@@ -15,10 +16,11 @@ from harness.config import build_config
 from harness.errors import UsageError
 from harness.report import build_report, default_out_dir
 from harness.report.arms import group_runs
-from harness.report.collect import SUMMARY_METRICS, load_study, local_path
+from harness.metrics import SUMMARY_METRICS
+from harness.report.collect import load_study, local_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ABLATION_FIGURES = {"learning_curves", "gap", "final_gap_by_arm", "tradeoff", "learning_rate", "gradients"}
+ABLATION_FIGURES = {"learning_curves", "gap", "test_loss_by_arm", "tradeoff", "learning_rate", "gradients"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_ablation_report_writes_every_file(ablation):
     result, _ = ablation
-    for path in (result.index_html, result.report_md, result.runs_csv):
+    for path in (result.index_html, result.report_md, result.runs_csv, result.verdicts_csv):
         assert path.parent == result.out_dir and path.stat().st_size > 0
     names = {p.stem for p in result.figures}
     assert names == ABLATION_FIGURES
@@ -72,20 +74,40 @@ def test_arm_table_and_comparisons(ablation):
     stats = result.arm_stats.set_index(["arm", "metric"])
     assert stats.loc[("dropout=0.3", "final_gap"), "n"] == 5
     assert stats.loc[("dropout=0.3", "final_gap"), "mean"] < stats.loc[("baseline", "final_gap"), "mean"]
+    # The secondary view defaults to the held-out loss.
+    assert result.metric == "test_loss"
     comp = result.comparisons.set_index("arm")
     assert list(comp.index) == [SCRIPT_ARM, "clip_norm=none", "dropout=0.3"]
     drop = comp.loc["dropout=0.3"]
     assert drop["n"] == 5 and drop["n_better"] == 5 and drop["p_holm"] < 0.01
-    assert drop["verdict"].startswith("dropout=0.3 shrank the final gap by 0.4")
-    assert result.summary_lines[2] == drop["verdict"]
+    assert drop["verdict"].startswith("dropout=0.3 lowered the held-out (test) loss by 0.24")
+
+
+def test_verdicts_judge_heldout_loss_and_gap_and_count_failed_seeds(ablation, store, tmp_path):
+    result, _ = ablation
+    header, rows = read_csv(result.verdicts_csv)
+    assert header[:4] == ["arm", "n", "failed", "verdict"] and "test_loss_p_holm" in header
+    by_arm = {r["arm"]: r for r in rows}
+    assert list(by_arm) == [SCRIPT_ARM, "clip_norm=none", "dropout=0.3"]
+    drop = by_arm["dropout=0.3"]
+    # Lower held-out loss on 5/5 seeds, but seed 99 FAILED: not declared better by default...
+    assert (drop["n"], drop["failed"], drop["verdict"]) == ("5", "1", "no-clear-effect")
+    assert float(drop["test_loss_diff"]) < 0 and float(drop["test_loss_p_holm"]) < 0.05
+    assert "1 seed(s) failed" in drop["sentence"] and "--ignore-failed" in drop["sentence"]
+    assert by_arm["clip_norm=none"]["verdict"] == "no-clear-effect"
+    # ...and judged on its finished seeds when asked.
+    again = build_report("abl", out_dir=tmp_path / "ignore", tracking_uri=store[0].tracking_uri,
+                         ignore_failed=True)
+    assert again.verdicts.set_index("arm").loc["dropout=0.3", "verdict"] == "generalizes-better"
+    assert again.summary_lines[1].startswith("Best on held-out loss: dropout=0.3 generalizes better than baseline")
 
 
 def test_summary_has_three_lines(ablation):
     result, _ = ablation
     first, second, third = result.summary_lines
     assert first.startswith("abl: 20 runs in 4 arms, 5 excluded") and str(result.index_html) in first
-    assert second.startswith("best arm by final_gap: dropout=0.3")
-    assert "shrank" in third
+    assert second.startswith("Best on held-out loss: dropout=0.3: no clear effect against baseline")
+    assert third == "verdicts: 3 no-clear-effect"
 
 
 def test_excluded_runs_are_listed_with_their_reason(ablation):
@@ -164,7 +186,7 @@ def test_search_report_has_trial_arms_pareto_front_and_optuna_figures(store, tmp
     md = result.report_md.read_text(encoding="utf-8")
     assert "KILLED: pruned by MedianPruner at epoch 6" in md
     assert "Pareto front" in md and "completed trials" in md
-    assert "one pair allows no test" in md
+    assert "too few seeds (1 pair with trial-0, fewer than 5)" in md and "nothing declared" in md
 
 
 def test_search_without_its_optuna_storage_still_reports(store, tmp_path):
@@ -185,7 +207,8 @@ def test_loose_runs_group_by_tag_else_recipe_hash(store, tmp_path):
     counts = result.arm_stats[result.arm_stats["metric"] == "final_gap"].set_index("arm")["n"]
     assert sorted(counts.to_dict().values()) == [1, 2, 2]
     assert all(a.startswith("config-") for a in result.arms[:2])
-    assert "no arm named" in result.summary_lines[2]
+    assert "no arm named" in result.summary_lines[1]
+    assert result.summary_lines[2].startswith("lowest mean test_loss: ") and result.verdicts.empty
 
 
 def test_figures_without_data_are_skipped_with_the_reason(store, tmp_path):
@@ -193,8 +216,8 @@ def test_figures_without_data_are_skipped_with_the_reason(store, tmp_path):
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "learning_curves.png").write_bytes(b"from an earlier report")
     result = build_report("nohistory", out_dir=tmp_path, tracking_uri=s.tracking_uri)
-    assert {p.stem for p in result.figures} == {"final_gap_by_arm", "tradeoff"}
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["final_gap_by_arm.png", "tradeoff.png"]
+    assert {p.stem for p in result.figures} == {"test_loss_by_arm", "tradeoff"}
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["test_loss_by_arm.png", "tradeoff.png"]
     md = result.report_md.read_text(encoding="utf-8")
     assert "2 run(s) have no readable history.json; their curves are missing" in md
     assert "- Learning curves: not drawn, no run has train_eval_loss and val_loss in its history.json" in md
@@ -223,7 +246,7 @@ def test_unusable_studies_raise_one_line_usage_errors(store, tmp_path, name, mes
 
 def test_bad_options_raise_usage_errors(store, tmp_path):
     uri = store[0].tracking_uri
-    with pytest.raises(UsageError, match="--metric 'loss' is not a comparable metric; allowed: best_val_loss"):
+    with pytest.raises(UsageError, match="--metric 'loss' is not a comparable metric; allowed: test_loss, test_gap, final_test_loss, best_val_loss"):
         build_report("abl", out_dir=tmp_path, tracking_uri=uri, metric="loss")
     arms = re.escape(f"arms: {SCRIPT_ARM}, baseline, clip_norm=none, dropout=0.3")
     with pytest.raises(UsageError, match=f"baseline 'nope' is not an arm of study 'abl'; {arms}"):
@@ -243,3 +266,11 @@ def test_local_artifact_uris_are_read_directly():
     assert local_path("/srv/mlruns/1/abc/artifacts") == Path("/srv/mlruns/1/abc/artifacts")
     assert local_path("mlflow-artifacts:/1/abc/artifacts") is None
     assert local_path("s3://bucket/1/abc/artifacts") is None
+
+
+def test_runs_on_different_thread_counts_are_noted():
+    from harness.report import _thread_notes
+
+    runs = pd.DataFrame({"tags.harness.threads": ["1", "2", "1"]})
+    assert _thread_notes(runs)[0].startswith("runs used 1, 2 torch threads")
+    assert _thread_notes(runs.iloc[[0, 2]]) == [] and _thread_notes(pd.DataFrame({"x": [1]})) == []

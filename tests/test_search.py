@@ -327,7 +327,7 @@ def test_pruning_reports_the_best_so_far_and_never_prunes_the_last_evaluation(ti
 
     def ev(epoch: int, val: float) -> Evaluation:
         return Evaluation(step=10 * epoch, epoch=float(epoch), train_loss=val, train_eval_loss=val, val_loss=val,
-                          lr=1e-3, grad_norm=1.0, grad_norm_max=1.0, clip_frac=0.0, tokens_per_s=1.0)
+                          test_loss=val, lr=1e-3, grad_norm=1.0, grad_norm_max=1.0, clip_frac=0.0, tokens_per_s=1.0)
 
     trial = study.ask()
     hook = pruning_hook(trial, spec, cfg)
@@ -477,10 +477,14 @@ def test_two_objectives_give_a_pareto_front_with_paired_seeds_and_a_confirmation
     cells = {(t.user_attrs["arm"], t.user_attrs["seed"]) for t in confirm.get_trials(states=(TrialState.COMPLETE,))}
     arms = {arm for arm, _ in cells}
     assert len(arms) == 2 and "baseline" in arms and cells == {(a, s) for a in arms for s in (1000, 1001)}
-    assert "lowest mean best_val_loss on fresh seeds:" in out
+    assert "lowest mean test_loss (held out, chose nothing) on fresh seeds:" in out
     summaries = client.search_runs([client.get_experiment_by_name("front-confirm").experiment_id],
                                    "tags.`harness.kind` = 'arm-summary'")
     assert sorted(r.data.tags["harness.arm"] for r in summaries) == sorted(arms)
+    # Its report's secondary view is the search's objective, not the ablation default.
+    from harness.report import build_report
+
+    assert build_report("front-confirm", out_dir=project / "confirm-report").metric == "best_val_loss"
 
 
 def test_reopening_a_study_keeps_it_and_a_changed_spec_is_refused(project, tiny, capsys):

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.config import build_config
-from harness.metrics import EVAL_METRICS
+from harness.metrics import EVAL_METRICS, HISTORY_COLUMNS, SUMMARY_METRICS
 from harness.run import resume_tracked, run_tracked
 from harness.tracking import RunTracker, init_store, local_artifact_dir
 from harness.train import Interrupted, NonFiniteLoss
@@ -30,15 +30,18 @@ def test_a_run_logs_params_metrics_tags_and_artifacts(project, tiny):
     assert len(run.data.params) == len(cfg.flat())
     assert run.data.tags["harness.config_hash"] == cfg.hash() and run.data.tags["harness.seed"] == "0"
     assert run.data.tags["harness.kind"] == "run" and run.data.tags["harness.arm"] == "dropout=0.2"
-    for name in ("best_val_loss", "best_epoch", "gap_at_best", "final_gap", "max_gap", "wall_s", "n_params"):
+    for name in SUMMARY_METRICS:
         assert name in run.data.metrics
+    # The MLflow metric test_loss is the summary's: one value, at the validation-selected evaluation.
+    assert [m.value for m in client.get_metric_history(outcome.run_id, "test_loss")] == \
+        pytest.approx([outcome.result.summary.test_loss])
     val = client.get_metric_history(outcome.run_id, "val_loss")
     assert [m.step for m in val] == [e.step for e in outcome.result.history]
     assert [m.value for m in val] == pytest.approx([e.val_loss for e in outcome.result.history])
     folder = local_artifact_dir(client, outcome.run_id)
     assert {p.name for p in folder.iterdir()} >= {"config.yaml", "history.json", "curves.png", "samples.txt"}
     history = json.loads((folder / "history.json").read_text())
-    assert set(history) == {"step", *EVAL_METRICS} and len(history["val_loss"]) == 3
+    assert set(history) == {"step", *HISTORY_COLUMNS} and len(history["test_loss"]) == 3
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

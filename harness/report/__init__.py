@@ -2,6 +2,10 @@
 
 Pipeline: collect (MLflow -> pandas) -> arms (what counts, grouping, baseline) -> stats ->
 verdict -> search (Optuna, searches only) -> figures -> render. Each step is its own module.
+
+The answer is the verdict table: every arm against the baseline on held-out (test) loss and on
+the gap together, paired by seed (verdict.verdict_table). `metric` only picks the secondary
+comparison table and the per-arm figure.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from harness.errors import UsageError
 from harness.report import arms as arms_mod
 from harness.report import collect, figures, links, render, search, stats
 from harness.report.output import claim_out_dir
-from harness.report.verdict import ALPHA, MIN_SEEDS, number, verdict
+from harness.report.verdict import ALPHA, GENERALIZES, HELDOUT, LABELS as VERDICT_ORDER, VERDICT_COLUMNS
+from harness.report.verdict import number, verdict, verdict_table
 
 __all__ = ["ReportResult", "build_report", "default_out_dir"]
 
@@ -33,6 +38,7 @@ class ReportResult:
     index_html: Path
     report_md: Path
     runs_csv: Path
+    verdicts_csv: Path
     figures: list[Path]
     summary_lines: list[str]
     """Three lines for the CLI: what was read and where the report is; the best arm; the headline verdict."""
@@ -44,7 +50,11 @@ class ReportResult:
     arm_stats: pd.DataFrame
     """stats.arm_table: arm, metric, n, mean, std, ci_low, ci_high."""
     comparisons: pd.DataFrame
-    """stats.compare plus verdict; empty without a baseline."""
+    """stats.compare on `metric` plus verdict; empty without a baseline."""
+    verdicts: pd.DataFrame
+    """verdict.verdict_table (VERDICT_COLUMNS); empty without a baseline."""
+    metric: str
+    """The metric of the secondary comparison (the requested one, or the default chosen)."""
 
 
 def default_out_dir(name: str) -> Path:
@@ -54,18 +64,26 @@ def default_out_dir(name: str) -> Path:
 
 
 def build_report(name: str, out_dir: Path | None = None, baseline: str | None = None,
-                 metric: str = "final_gap", ui_url: str = "http://127.0.0.1:5000",
-                 tracking_uri: str | None = None, group_by: str = "harness.arm") -> ReportResult:
-    """Read study `name` from MLflow and write index.html, report.md, runs.csv and figures/.
+                 metric: str | None = None, ui_url: str = "http://127.0.0.1:5000",
+                 tracking_uri: str | None = None, group_by: str = "harness.arm",
+                 ignore_failed: bool = False) -> ReportResult:
+    """Read study `name` from MLflow and write index.html, report.md, runs.csv, verdicts.csv and
+    figures/.
 
+    `metric` picks the secondary comparison; None means the search's objective for a search or
+    its confirmation (the parent's harness.objective_metric tag), else test_loss.
+    `ignore_failed` lets an arm with failed seeds be judged on its finished seeds alone.
     `tracking_uri` None means mlflow's current one. `group_by` is the tag (or ``params.KEY``)
     that names a run's arm. Raises UsageError (one line) for a missing or empty study, a study
     without finished runs, an unknown metric or a baseline that is no arm. The output is the
     same for the same runs: arms sort baseline first, then by label; nothing depends on the clock.
     """
-    if metric not in stats.METRICS:
+    if metric is not None and metric not in stats.METRICS:
         raise UsageError(f"--metric {metric!r} is not a comparable metric; allowed: {', '.join(stats.METRICS)}")
     study = collect.load_study(name, tracking_uri)
+    if metric is None:
+        objective = study.parent_tag("harness.objective_metric")
+        metric = objective if objective in stats.METRICS else HELDOUT
     study_type = study.parent_tag("harness.study_type")
     grouped = arms_mod.group_runs(study.runs, study=name, study_type=study_type, group_by=group_by,
                                   requested_baseline=baseline,
@@ -75,12 +93,15 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     excluded = grouped.excluded.assign(
         url=[links.run_url(ui_url, study.experiment_id, r) for r in grouped.excluded["run_id"]])
 
-    arm_stats = stats.arm_table(runs, grouped.order)
+    arm_stats = stats.arm_table(runs, grouped.order, tuple(dict.fromkeys((*stats.ARM_METRICS, metric))))
     comparisons = _comparisons(runs, grouped, metric)
-    featured = _featured(arm_stats, grouped.order, grouped.baseline, metric)
+    failed = arms_mod.failed_seeds(grouped)
+    verdicts = (verdict_table(runs, grouped.order, grouped.baseline, failed, ignore_failed)
+                if grouped.baseline is not None else pd.DataFrame(columns=VERDICT_COLUMNS))
+    featured = _featured(arm_stats, grouped.order, grouped.baseline, HELDOUT)
 
     history = collect.load_histories(runs[["run_id", "artifact_uri"]], study.tracking_uri)
-    notes = []
+    notes = _thread_notes(runs)
     missing = runs["run_id"].nunique() - (history["run_id"].nunique() if not history.empty else 0)
     if missing:
         notes.append(f"{missing} run(s) have no readable history.json; their curves are missing")
@@ -106,17 +127,21 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
         baseline=grouped.baseline, baseline_note=grouped.baseline_note, arms=grouped.order,
         featured=featured, arm_links=_arm_links(runs, study, ui_url),
         arm_settings=arms_mod.arm_settings(runs, grouped.order, grouped.baseline),
-        arm_stats=arm_stats, comparisons=comparisons, runs=runs, excluded=excluded,
+        arm_stats=arm_stats, comparisons=comparisons, verdicts=verdicts, failed=failed,
+        ignore_failed=ignore_failed, headline=_headline(grouped, arm_stats, verdicts),
+        description=study.parent_tag("mlflow.note.content") or "", runs=runs, excluded=excluded,
         excluded_summary=arms_mod.excluded_summary(grouped.excluded), figures=figure_files, notes=notes)
-    paths = out / "index.html", out / "report.md", out / "runs.csv"
+    paths = out / "index.html", out / "report.md", out / "runs.csv", out / "verdicts.csv"
     render.write_html(content, paths[0])
     render.write_markdown(content, paths[1])
     render.write_runs_csv(content, paths[2])
+    render.write_verdicts_csv(content, paths[3])
     return ReportResult(
-        out_dir=out, index_html=paths[0], report_md=paths[1], runs_csv=paths[2],
+        out_dir=out, index_html=paths[0], report_md=paths[1], runs_csv=paths[2], verdicts_csv=paths[3],
         figures=[f.path for f in figure_files if f.path],
         summary_lines=_summary(content, paths[0]), n_runs=len(runs), n_excluded=len(excluded),
-        arms=grouped.order, baseline=grouped.baseline, arm_stats=arm_stats, comparisons=comparisons)
+        arms=grouped.order, baseline=grouped.baseline, arm_stats=arm_stats, comparisons=comparisons,
+        verdicts=verdicts, metric=metric)
 
 
 def _in_order(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -167,26 +192,47 @@ def _arm_links(runs: pd.DataFrame, study: collect.StudyData, ui_url: str) -> dic
             for arm, ids in runs.groupby("arm", sort=False)["run_id"]}
 
 
+def _thread_notes(runs: pd.DataFrame) -> list[str]:
+    """A note when the runs used different intra-op thread counts (tag harness.threads)."""
+    if "tags.harness.threads" not in runs:
+        return []
+    counts = sorted({int(t) for t in pd.to_numeric(runs["tags.harness.threads"], errors="coerce").dropna()})
+    if len(counts) < 2:
+        return []
+    return [f"runs used {', '.join(map(str, counts))} torch threads: the same recipe and seed give "
+            "bit-identical results only at one thread count, so differences of the order of float "
+            "rounding between such runs are not effects"]
+
+
+def _headline(grouped: arms_mod.Arms, arm_stats: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """The study's answer in one sentence: the best arm on held-out loss and what became of its gap.
+
+    The best arm is the one with the lowest mean test_loss; when that is the baseline, or no
+    arm's verdict is `generalizes-better`, the sentence says so rather than naming a winner.
+    """
+    if grouped.baseline is None or verdicts.empty:
+        return grouped.baseline_note
+    best = _ranked(arm_stats, grouped.order, HELDOUT)[0]
+    winners = verdicts[verdicts["verdict"] == GENERALIZES]
+    if best == grouped.baseline or best not in set(verdicts["arm"]):
+        lead = (f"No arm has a lower mean held-out loss than the baseline {grouped.baseline}"
+                if best == grouped.baseline else f"{best} has the lowest mean held-out loss")
+        if winners.empty:
+            return f"{lead}; no arm generalizes better (held-out loss lower, Holm p < {ALPHA})."
+        return f"{lead}. {winners.iloc[0]['sentence']}"
+    return "Best on held-out loss: " + verdicts.set_index("arm").loc[best, "sentence"]
+
+
 def _summary(content: render.ReportContent, index_html: Path) -> list[str]:
     n_arms = len(content.arms)
     first = (f"{content.name}: {len(content.runs)} runs in {n_arms} arm{'s' * (n_arms != 1)}, "
              f"{len(content.excluded)} excluded -> {index_html}")
-    best = _ranked(content.arm_stats, content.arms, content.metric)[0]
-    row = content.arm_stats.set_index(["arm", "metric"]).loc[(best, content.metric)]
+    if not content.verdicts.empty:
+        counts = content.verdicts["verdict"].value_counts()
+        return [first, content.headline,
+                "verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICT_ORDER if v in counts)]
+    best = _ranked(content.arm_stats, content.arms, HELDOUT)[0]
+    row = content.arm_stats.set_index(["arm", "metric"]).loc[(best, HELDOUT)]
     ci = "" if math.isnan(row["ci_low"]) else f" [{number(row['ci_low'])}, {number(row['ci_high'])}]"
-    second = f"best arm by {content.metric}: {best}, mean {number(row['mean'])}{ci} over {int(row['n'])} run(s)"
-    return [first, second, _headline(content)]
-
-
-def _headline(content: render.ReportContent) -> str:
-    """The verdict of the arm with the largest significant improvement, else of the arm whose
-    mean paired difference is the most favourable."""
-    table = content.comparisons
-    if content.baseline is None or table.empty:
-        return content.baseline_note
-    sign = 1 if stats.METRICS[content.metric].lower_is_better else -1
-    winners = table[(table["n"] >= MIN_SEEDS) & (table["p_holm"] < ALPHA) & (sign * table["mean_diff"] < 0)]
-    pick = winners if not winners.empty else table.dropna(subset=["mean_diff"])
-    if pick.empty:
-        return f"no arm shares a seed with the baseline {content.baseline}"
-    return pick.loc[(sign * pick["mean_diff"]).idxmin(), "verdict"]
+    return [first, content.headline,
+            f"lowest mean {HELDOUT}: {best}, {number(row['mean'])}{ci} over {int(row['n'])} run(s); no verdicts"]

@@ -112,7 +112,7 @@ def _exclusion(run: pd.Series) -> str | None:
 
 
 def _excluded_table(runs: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
-    table = runs[["run_id", "run_name", "status", "kind", "arm"]].copy()
+    table = runs[["run_id", "run_name", "status", "kind", "arm", "seed"]].copy()
     is_run = table["kind"] == "run"
     # Only a training run has an arm; for the others show their harness.arm tag, if any.
     table["arm"] = table["arm"].where(is_run, _column(runs, "tags.harness.arm").fillna(""))
@@ -130,6 +130,21 @@ def _sort_text(column: pd.Series) -> pd.Series:
 def _count_phrase(excluded: pd.DataFrame) -> str:
     counts = excluded["category"].value_counts()
     return ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "no runs"
+
+
+def failed_seeds(grouped: Arms) -> dict[str, int]:
+    """Per arm, the seeds whose training runs FAILED (diverged or crashed) and never finished.
+
+    A failed run that a later rerun of its cell replaced does not count: the seed finished.
+    """
+    done = set(zip(grouped.runs["arm"], grouped.runs["seed"]))
+    ex = grouped.excluded
+    failed = ex[(ex["kind"] == "run") & (ex["status"] == "FAILED") & ex["seed"].notna()]
+    lost = {(arm, seed) for arm, seed in zip(failed["arm"], failed["seed"]) if (arm, seed) not in done}
+    counts: dict[str, int] = {}
+    for arm, _ in lost:
+        counts[arm] = counts.get(arm, 0) + 1
+    return counts
 
 
 def excluded_summary(excluded: pd.DataFrame) -> str:

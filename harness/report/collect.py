@@ -27,10 +27,6 @@ from mlflow.exceptions import MlflowException
 
 from harness.errors import UsageError
 
-SUMMARY_METRICS = ("best_val_loss", "best_epoch", "gap_at_best", "final_gap", "max_gap",
-                   "overfit_onset", "final_val_loss", "final_train_eval_loss", "wall_s", "n_params")
-"""The per-run summary metrics of docs/tracking.md (logged once, at step 0)."""
-
 HISTORY_FILE = "history.json"
 _DOWNLOAD_THREADS = 8
 _PAGE = 10_000

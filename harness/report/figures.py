@@ -86,7 +86,7 @@ def _figures(data: FigureInput) -> list[tuple[str, str, FigureFn]]:
         ("learning_curves", "Learning curves", learning_curves),
         ("gap", "Generalization gap over training", gap_curves),
         (f"{data.metric}_by_arm", f"{noun.capitalize()} per arm", metric_by_arm),
-        ("tradeoff", "Validation loss against gap", tradeoff),
+        ("tradeoff", "Held-out loss against gap", tradeoff),
         ("learning_rate", "Learning rate as applied", learning_rates),
         ("gradients", "Gradient norm and clip fraction", gradients),
     ]
@@ -186,30 +186,36 @@ def metric_by_arm(data: FigureInput) -> tuple[Figure | None, str]:
     return fig, "Dots: runs. Diamonds: arm mean with its 95% t-interval. Dashed line: the baseline's mean."
 
 
+TRADEOFF_AXES = (("test_loss", "test_gap", "held-out (test) loss at the selected evaluation (nats)",
+                  "gap on test text at that evaluation (nats)"),
+                 ("best_val_loss", "gap_at_best", "best validation loss (nats)", "gap at the best epoch (nats)"))
+"""The verdicts' two axes; runs logged before the test split have only the validation pair."""
+
+
 def tradeoff(data: FigureInput) -> tuple[Figure | None, str]:
-    runs = data.runs.dropna(subset=[c for c in ("best_val_loss", "gap_at_best") if c in data.runs])
-    if "best_val_loss" not in runs or "gap_at_best" not in runs or runs.empty:
-        return None, "no run has both best_val_loss and gap_at_best"
+    for x, y, x_label, y_label in TRADEOFF_AXES:
+        if x in data.runs and y in data.runs and data.runs[[x, y]].notna().all(axis=1).any():
+            break
+    else:
+        return None, "no run has both test_loss and test_gap (or best_val_loss and gap_at_best)"
+    runs = data.runs.dropna(subset=[x, y])
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     others = runs[~runs["arm"].isin(data.arms)]
     if not others.empty:
-        ax.scatter(others["best_val_loss"], others["gap_at_best"], s=10, color=_NEUTRAL, alpha=0.5,
-                   label="other arms")
+        ax.scatter(others[x], others[y], s=10, color=_NEUTRAL, alpha=0.5, label="other arms")
     shown = runs[runs["arm"].isin(data.arms)].assign(label=lambda f: f["arm"].map(_short))
-    sns.scatterplot(data=shown, x="best_val_loss", y="gap_at_best", hue="label",
-                    hue_order=[_short(a) for a in data.arms],
+    sns.scatterplot(data=shown, x=x, y=y, hue="label", hue_order=[_short(a) for a in data.arms],
                     palette={_short(a): c for a, c in data.colors.items()}, s=30, ax=ax)
-    caption = "Each point is a run at its best epoch: lower-left is better on both."
+    caption = ("Each point is a run at its best epoch (chosen on validation loss): lower-left is better "
+               "on both. A point that moved down but right closed its gap by fitting the training text worse.")
     if data.study_type == "search":
-        front = runs.iloc[pareto_front(runs["best_val_loss"].to_numpy(), runs["gap_at_best"].to_numpy())]
-        ax.plot(front["best_val_loss"], front["gap_at_best"], "k-", drawstyle="steps-post", lw=1,
-                label="Pareto front")
-        ax.scatter(front["best_val_loss"], front["gap_at_best"], s=60, facecolors="none",
-                   edgecolors="black")
+        front = runs.iloc[pareto_front(runs[x].to_numpy(), runs[y].to_numpy())]
+        ax.plot(front[x], front[y], "k-", drawstyle="steps-post", lw=1, label="Pareto front")
+        ax.scatter(front[x], front[y], s=60, facecolors="none", edgecolors="black")
         caption += f" The line joins the {len(front)} runs no other run beats on both (Pareto front)."
-    ax.set_xlabel("best validation loss (nats)")
-    ax.set_ylabel("gap at the best epoch (nats)")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.legend(fontsize=8, loc="best")
     return fig, caption
 

@@ -23,10 +23,27 @@ dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; } .small { color: #666; font-size: 12px; }
 .scroll { max-height: 32em; overflow: auto; }
+p.question { font-size: 15px; color: #333; } p.answer { font-size: 16px; background: #f6f8fa; border-left: 4px solid #4a7; padding: .6em .9em; }
+tr.verdict-generalizes-better td { background: #eef9ee; } tr.verdict-hurts td { background: #fdeeee; }
+tr.verdict-closes-gap-by-underfitting td { background: #fff8e6; }
 </style>
 </head>
 <body>
 <h1>Report: {{ c.name }}</h1>
+{% if c.description %}<p class="question">{{ c.description }}</p>{% endif %}
+<p class="answer" id="headline"><b>Answer:</b> {{ c.headline }}</p>
+
+<h2 id="verdicts">Verdicts: held-out loss and gap, paired by seed</h2>
+{% if verdict_rows %}<table id="verdict-table">
+<thead><tr>{% for h in verdict_header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for r in verdict_rows %}<tr class="verdict-{{ r.verdict }}"><td><a href="{{ r.url }}">{{ r.arm }}</a></td><td><b>{{ r.verdict }}</b></td><td class="num">{{ r.n }}</td><td class="num">{{ r.failed }}</td><td class="num">{{ r.loss }}</td><td class="num">{{ r.loss_p }}</td><td class="num">{{ r.gap }}</td><td class="num">{{ r.gap_p }}</td><td class="num">{{ r.seeds }}</td></tr>
+{% endfor %}</tbody>
+</table>{% endif %}
+{% if verdicts %}<ul id="verdict-sentences">
+{% for v in verdicts %}<li>{{ v }}</li>
+{% endfor %}</ul>{% else %}<p>{{ c.baseline_note }}</p>{% endif %}
+{% if c.featured|length < c.arms|length %}<p class="small">Sentences and figures show {{ c.featured|length }} of {{ c.arms|length }} arms: the baseline and the best by held-out loss. The tables and verdicts.csv list all of them.</p>{% endif %}
 
 <h2 id="built-from">Built from</h2>
 <dl class="facts">
@@ -34,16 +51,10 @@ figcaption { color: #555; font-size: 13px; } .small { color: #666; font-size: 12
 {% endfor %}</dl>
 {% if c.parent_run_id %}<p class="small"><a href="{{ c.ui_url.rstrip('/') }}/#/experiments/{{ c.experiment_id }}/runs/{{ c.parent_run_id }}">The study's parent run in MLflow</a></p>{% endif %}
 
-<h2 id="verdicts">Verdicts</h2>
-{% if verdicts %}<ul>
-{% for v in verdicts %}<li>{{ v }}</li>
-{% endfor %}</ul>{% else %}<p>{{ c.baseline_note }}</p>{% endif %}
-{% if c.featured|length < c.arms|length %}<p class="small">Verdicts and figures show {{ c.featured|length }} of {{ c.arms|length }} arms: the baseline and the best by {{ c.metric }}. The tables list all of them.</p>{% endif %}
-
 {% if comparison_rows %}
-<h2 id="comparison">Against the baseline: {{ noun }} ({{ c.metric }}), paired by seed</h2>
+<h2 id="comparison">Secondary view: {{ noun }} ({{ c.metric }}), paired by seed</h2>
 <table id="comparison-table">
-<thead><tr><th>arm</th><th>pairs</th><th>mean diff [95% CI]</th><th>t-test p</th><th>Wilcoxon p</th><th>p (Holm)</th><th>P(better)</th><th>better on</th><th>verdict</th></tr></thead>
+<thead><tr><th>arm</th><th>pairs</th><th>mean diff [95% CI]</th><th>t-test p</th><th>Wilcoxon p</th><th>p (Holm)</th><th>P(better)</th><th>better on</th><th>reading</th></tr></thead>
 <tbody>
 {% for r in comparison_rows %}<tr{% if r.significant %} class="significant"{% endif %}><td><a href="{{ r.url }}">{{ r.arm }}</a></td><td class="num">{{ r.n }}</td><td class="num">{{ r.diff }}</td><td class="num">{{ r.t_p }}</td><td class="num">{{ r.wilcoxon_p }}</td><td class="num">{{ r.p_holm }}</td><td class="num">{{ r.p_better }}</td><td class="num">{{ r.better }}</td><td>{{ r.verdict }}</td></tr>
 {% endfor %}</tbody>

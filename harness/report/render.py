@@ -16,11 +16,11 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from harness.report.collect import SUMMARY_METRICS
+from harness.metrics import SUMMARY_METRICS
 from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
 from harness.report.stats import ARM_METRICS, METRICS
-from harness.report.verdict import ALPHA, MIN_SEEDS, number
+from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number
 
 STUDY_KINDS = {"ablation": "ablation study", "search": "Optuna search", None: "loose runs"}
 
@@ -47,7 +47,16 @@ class ReportContent:
     arm_settings: dict[str, str]
     arm_stats: pd.DataFrame
     comparisons: pd.DataFrame
-    """stats.compare plus a ``verdict`` column (empty without a baseline)."""
+    """stats.compare on `metric` plus a ``verdict`` column (empty without a baseline)."""
+    verdicts: pd.DataFrame
+    """verdict.verdict_table: each arm on held-out loss and gap (empty without a baseline)."""
+    failed: dict[str, int]
+    """Per arm, seeds whose runs all failed."""
+    ignore_failed: bool
+    headline: str
+    """The study's answer in one sentence."""
+    description: str
+    """The study's question, from its spec."""
     runs: pd.DataFrame
     """Included runs in report order, with a ``url`` column."""
     excluded: pd.DataFrame
@@ -66,6 +75,11 @@ def write_runs_csv(content: ReportContent, path: Path) -> None:
     runs[ident + metrics + params].to_csv(path, index=False)
 
 
+def write_verdicts_csv(content: ReportContent, path: Path) -> None:
+    """verdicts.csv: one row per compared arm (verdict.VERDICT_COLUMNS), arms in report order."""
+    content.verdicts[VERDICT_COLUMNS].to_csv(path, index=False)
+
+
 def facts(content: ReportContent) -> list[tuple[str, str]]:
     """What the report was built from, as (label, value) pairs."""
     n_arms = len(content.arms)
@@ -76,8 +90,14 @@ def facts(content: ReportContent) -> list[tuple[str, str]]:
                           f" ({_grouping(content)})"),
         ("Runs excluded", f"{len(content.excluded)}: {content.excluded_summary}"),
         ("Baseline", f"{content.baseline} ({content.baseline_note})" if content.baseline else content.baseline_note),
-        ("Compared on", f"{content.metric}: {METRICS[content.metric].noun}, paired by seed"),
+        ("Verdicts on", f"{HELDOUT} ({METRICS[HELDOUT].noun} at the evaluation validation loss chose) "
+                        f"and {GAP} ({METRICS[GAP].noun} there), paired by seed, Holm-adjusted per axis"),
+        ("Secondary view", f"{content.metric}: {METRICS[content.metric].noun}, paired by seed"),
     ]
+    if content.failed:
+        rows.append(("Failed seeds", ", ".join(f"{arm}: {n}" for arm, n in content.failed.items())
+                     + (" (judged on finished seeds: --ignore-failed)" if content.ignore_failed else
+                        " (counted against their arm: not declared generalizes-better)")))
     return rows + [("Note", note) for note in content.notes]
 
 
@@ -99,17 +119,47 @@ def _cell(s: dict, n_runs: int) -> tuple[str, str]:
 def arm_rows(content: ReportContent, arms: list[str]) -> list[dict]:
     """Per arm: n runs, per metric ('mean ± std', '[95% CI]'), what sets the arm apart.
 
-    A metric some runs lack (overfit_onset when val loss never rose) notes how many have it.
+    A metric some runs lack notes how many have it. The overfitting onset of a run whose val
+    loss never rose is censored at its budget (its last evaluation): the count is shown, and the
+    arm's mean is then a lower bound.
     """
     stats = content.arm_stats.set_index(["arm", "metric"]).to_dict("index")
     counts = content.runs["arm"].value_counts().to_dict()
+    censored = _censored(content.runs)
     rows = []
     for arm in arms:
         row = {"arm": arm, "url": content.arm_links[arm], "n": str(counts[arm]),
                "baseline": arm == content.baseline, "settings": content.arm_settings.get(arm, "")}
         row |= {metric: _cell(stats[(arm, metric)], counts[arm]) for metric in ARM_METRICS}
+        if censored.get(arm):
+            mean, band = row["overfit_onset"]
+            row["overfit_onset"] = (f"≥ {mean}", f"{band} ({censored[arm]}/{counts[arm]} censored at the budget)".strip())
         rows.append(row)
     return rows
+
+
+def _censored(runs: pd.DataFrame) -> dict[str, int]:
+    """Per arm, the runs whose overfitting onset is censored (val loss never rose long enough)."""
+    if "onset_censored" not in runs:
+        return {}
+    flags = pd.to_numeric(runs["onset_censored"], errors="coerce").fillna(0) > 0
+    return flags.groupby(runs["arm"]).sum().astype(int).to_dict()
+
+
+def verdict_rows(content: ReportContent) -> list[dict[str, str]]:
+    """Per compared arm: verdict, pairs, failed seeds, both paired changes with CI and Holm p."""
+    def change(row: pd.Series, axis: str) -> str:
+        diff = row[f"{axis}_diff"]
+        if math.isnan(diff):
+            return "n/a"
+        ci = "" if math.isnan(row[f"{axis}_ci_low"]) else f" [{row[f'{axis}_ci_low']:+.3g}, {row[f'{axis}_ci_high']:+.3g}]"
+        return f"{diff:+.3g}{ci}"
+
+    return [{"arm": r["arm"], "url": content.arm_links[r["arm"]], "verdict": r["verdict"], "n": str(int(r["n"])),
+             "failed": str(int(r["failed"])), "loss": change(r, HELDOUT), "loss_p": _p(r[f"{HELDOUT}_p_holm"]),
+             "gap": change(r, GAP), "gap_p": _p(r[f"{GAP}_p_holm"]),
+             "seeds": f"{int(r['seeds_lower_loss'])}/{int(r['n'])}", "sentence": r["sentence"]}
+            for _, r in content.verdicts.iterrows()]
 
 
 def _p(p: float) -> str:
@@ -149,17 +199,29 @@ def run_rows(content: ReportContent) -> list[dict[str, str]]:
 
 
 HOW_TO_READ = [
+    "Splits: the corpus is cut into training, validation and test text, in that order. Validation "
+    "decides everything (each run's best evaluation, the plateau scheduler, pruning, a search's "
+    "objective and its top-k); test is only read here. test_loss is the test loss at the evaluation "
+    "validation chose, test_gap is test_loss minus the eval-mode training loss there.",
+    "Verdicts judge held-out loss and gap together. generalizes-better: test_loss lower (p (Holm) < "
+    f"{ALPHA}). closes-gap-by-underfitting: the gap shrank (p (Holm) < {ALPHA}) but test_loss is not "
+    "lower: the arm fits its training text worse, which is no win. hurts: test_loss higher. "
+    f"no-clear-effect: none of these. too-few-seeds: under {MIN_SEEDS} pairs, numbers shown, "
+    "nothing declared. An arm with failed seeds is not called generalizes-better unless the "
+    "report was built with --ignore-failed.",
     "Intervals are 95% t-intervals: mean \u00b1 t(0.975, n-1) \u00b7 sd/\u221an over seeds (runs).",
-    "Differences are arm minus baseline on runs that share a seed (same init, data order and "
-    "augmentation); several runs of an arm with one seed are averaged first.",
+    "Differences are arm minus baseline on runs that share a seed (same init, data order, "
+    "augmentation and evaluation windows); several runs of an arm with one seed are averaged first.",
     "p: paired t-test (scipy.stats.ttest_rel); Wilcoxon: signed-rank test as the non-parametric "
-    "check; p (Holm): the t-test p after Holm's step-down correction across the arms compared.",
+    "check; p (Holm): the t-test p after Holm's step-down correction across the arms compared "
+    "(for the verdicts, within each axis). With n pairs the smallest two-sided Wilcoxon p is "
+    "2/2^n (0.0625 at n = 5): below 6 pairs it can never reach 0.05, so it is shown, never decisive.",
     "P(better): the probability that the arm beats the baseline on the metric, under the Student t "
     "posterior of the mean paired difference (reference prior, n-1 degrees of freedom, centred on "
     "the observed mean, scale sd/\u221an). Lower is better for losses, gaps and wall time; later is "
     "better for the overfitting onset.",
-    f"A winner is named only with at least {MIN_SEEDS} paired seeds and p (Holm) < {ALPHA}; with "
-    "fewer seeds the report says the evidence is thin, with one seed it runs no test.",
+    "Overfitting onset: the epoch after which validation loss rose patience times in a row; a run "
+    "where it never did is censored at its budget (counted as its last epoch, shown as \u2265).",
 ]
 
 
@@ -170,7 +232,8 @@ def write_html(content: ReportContent, path: Path) -> None:
         c=content, facts=facts(content), arm_rows=arm_rows(content, content.arms),
         comparison_rows=comparison_rows(content, content.arms), run_rows=run_rows(content),
         metrics=ARM_METRICS, figures=figures, skipped=[f for f in content.figures if not f.path],
-        verdicts=_verdicts(content), how_to_read=HOW_TO_READ, noun=METRICS[content.metric].noun,
+        verdicts=_verdicts(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
+        how_to_read=HOW_TO_READ, noun=METRICS[content.metric].noun,
         excluded=content.excluded.to_dict("records"))
     path.write_text(html, encoding="utf-8")
 
@@ -180,10 +243,13 @@ def _data_uri(path: Path) -> str:
 
 
 def _verdicts(content: ReportContent) -> list[str]:
-    if content.comparisons.empty:
-        return []
-    verdicts = dict(zip(content.comparisons["arm"], content.comparisons["verdict"]))
-    return [verdicts[a] for a in content.featured if a in verdicts]
+    """The verdict sentences of the featured arms, in report order."""
+    sentences = dict(zip(content.verdicts["arm"], content.verdicts["sentence"]))
+    return [sentences[a] for a in content.featured if a in sentences]
+
+
+VERDICT_HEADER = ["arm", "verdict", "pairs", "failed seeds", f"\u0394 {HELDOUT} [95% CI]", "p (Holm)",
+                  f"\u0394 {GAP} [95% CI]", "p (Holm)", "lower loss on"]
 
 
 def md(text: object) -> str:
@@ -216,16 +282,26 @@ def write_markdown(content: ReportContent, path: Path) -> None:
     arms = content.featured
     link = _Links()
     lines = [f"# Report: {md(content.name)}", ""]
-    lines += [f"- **{label}**: {md(value)}" for label, value in facts(content)]
-    lines += ["", "## Verdicts", ""]
+    if content.description:
+        lines += [f"> {md(content.description)}", ""]
+    lines += [f"**Answer:** {md(content.headline)}", ""]
+    lines += ["## Verdicts: held-out loss and gap, paired by seed", ""]
+    featured = [r for r in verdict_rows(content) if r["arm"] in arms]
+    if featured:
+        lines += _md_table(VERDICT_HEADER, [[link(r["arm"], r["url"]), r["verdict"], r["n"], r["failed"], r["loss"],
+                                             md(r["loss_p"]), r["gap"], md(r["gap_p"]), r["seeds"]]
+                                            for r in featured])
+        lines += [""]
     lines += [f"- {md(v)}" for v in _verdicts(content)] or ["- " + md(content.baseline_note)]
     if len(arms) < len(content.arms):
         lines += ["", f"_Tables and verdicts show {len(arms)} of {len(content.arms)} arms: the baseline "
-                      f"and the best by {content.metric}; index.html and runs.csv have all of them._"]
+                      f"and the best by {HELDOUT}; index.html, runs.csv and verdicts.csv have all of them._"]
+    lines += ["", "## Built from", ""]
+    lines += [f"- **{label}**: {md(value)}" for label, value in facts(content)]
     comparisons = comparison_rows(content, arms)
     if comparisons:
         noun = md(METRICS[content.metric].noun)
-        lines += ["", f"## Against the baseline: {noun} ({content.metric}), paired by seed", ""]
+        lines += ["", f"## Secondary view: {noun} ({content.metric}), paired by seed", ""]
         lines += _md_table(
             ["arm", "pairs", "mean diff [95% CI]", "t-test p", "Wilcoxon p", "p (Holm)", "P(better)", "better on"],
             [[link(r["arm"], r["url"]), r["n"], r["diff"], md(r["t_p"]), md(r["wilcoxon_p"]), md(r["p_holm"]),

@@ -24,8 +24,8 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 
-ARM_METRICS = ("best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset", "wall_s")
-"""The summary metrics tabulated per arm."""
+ARM_METRICS = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap", "overfit_onset", "wall_s")
+"""The summary metrics tabulated per arm: the verdicts' two axes first."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class MetricInfo:
 
 
 METRICS: dict[str, MetricInfo] = {
+    "test_loss": MetricInfo("held-out (test) loss", "nats", True, "lowered", "raised"),
+    "test_gap": MetricInfo("gap on test text", "nats", True, "shrank", "widened"),
+    "final_test_loss": MetricInfo("final test loss", "nats", True, "lowered", "raised"),
     "best_val_loss": MetricInfo("best validation loss", "nats", True, "lowered", "raised"),
     "gap_at_best": MetricInfo("gap at the best epoch", "nats", True, "shrank", "widened"),
     "final_gap": MetricInfo("final gap", "nats", True, "shrank", "widened"),

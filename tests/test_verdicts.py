@@ -1,0 +1,97 @@
+"""Two-axis verdicts (issue 10): an arm is judged on held-out loss and gap together.
+
+The case that motivated them: an arm that shrinks the gap because it fits its training text
+worse (input noise 0.5, a 20x lower learning rate) must never read as a win.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report.verdict import (FEW, GENERALIZES, HURTS, UNCLEAR, UNDERFITS, VERDICT_COLUMNS, judge,
+                                    verdict_table)
+
+SEEDS = range(5)
+# A paired-seed offset shared by every arm (what pairing removes) and a little run noise.
+OFFSET = np.array([0.05, -0.03, 0.0, 0.02, -0.04])
+NOISE = np.array([0.004, -0.002, 0.001, -0.003, 0.0])
+
+
+def runs(arms: dict[str, tuple[float, float]], seeds=SEEDS) -> pd.DataFrame:
+    """Runs with test_loss = 2.5 + shift + offset + noise and test_gap = 0.6 + shift + ..., per arm."""
+    rows = []
+    for i, (arm, (loss_shift, gap_shift)) in enumerate(arms.items()):
+        for s in seeds:
+            jitter = NOISE[s] * (i + 1)
+            rows.append({"arm": arm, "seed": s, "test_loss": 2.5 + loss_shift + OFFSET[s] + jitter,
+                         "test_gap": 0.6 + gap_shift + OFFSET[s] - jitter})
+    return pd.DataFrame(rows)
+
+
+def table(arms: dict[str, tuple[float, float]], failed: dict[str, int] | None = None, **kw) -> pd.DataFrame:
+    frame = runs({"baseline": (0.0, 0.0), **arms})
+    return verdict_table(frame, list(frame["arm"].unique()), "baseline", failed or {}, **kw).set_index("arm")
+
+
+def test_each_label_from_paired_runs():
+    t = table({"dropout": (-0.05, -0.2),         # lower held-out loss, smaller gap
+               "noise=0.5": (+0.35, -0.3),       # the gap closes because training text fits worse
+               "lr/20": (0.0, -0.25),            # smaller gap, held-out loss unchanged
+               "norm=none": (+0.2, +0.1),        # worse on held-out loss, gap not smaller
+               "clip=0.5": (0.0, 0.0)})          # nothing happens
+    assert t["verdict"].to_dict() == {"dropout": GENERALIZES, "noise=0.5": UNDERFITS, "lr/20": UNDERFITS,
+                                      "norm=none": HURTS, "clip=0.5": UNCLEAR}
+    assert list(t.reset_index().columns) == VERDICT_COLUMNS
+    noise = t.loc["noise=0.5"]
+    assert noise["test_loss_diff"] == pytest.approx(0.35 + np.mean(NOISE) * 2)
+    assert noise["test_gap_diff"] == pytest.approx(-0.3 - np.mean(NOISE) * 2)
+    assert noise["seeds_lower_loss"] == 0 and noise["seeds_smaller_gap"] == 5
+    assert "closes the gap by underfitting" in noise["sentence"] and "not lower" in noise["sentence"]
+
+
+def test_holm_is_applied_per_axis_across_arms():
+    t = table({"a": (-0.05, 0.0), "b": (0.0, -0.2), "c": (0.01, 0.0)})
+    # Holm over three arms: the smallest t-test p is multiplied by 3 (or more after the running max).
+    from scipy import stats as st
+
+    frame = runs({"baseline": (0.0, 0.0), "a": (-0.05, 0.0), "b": (0.0, -0.2), "c": (0.01, 0.0)})
+    base = frame[frame["arm"] == "baseline"]["test_loss"].to_numpy()
+    raw = {arm: st.ttest_rel(frame[frame["arm"] == arm]["test_loss"].to_numpy(), base).pvalue for arm in "abc"}
+    assert t.loc["a", "test_loss_p_holm"] == pytest.approx(min(1.0, 3 * min(raw.values())))
+    assert t.loc["a", "test_loss_p_holm"] > raw["a"]
+
+
+def test_under_five_pairs_nothing_is_declared():
+    frame = runs({"baseline": (0.0, 0.0), "dropout": (-0.3, -0.3)}, seeds=range(4))
+    row = verdict_table(frame, ["baseline", "dropout"], "baseline", {}).iloc[0]
+    assert row["verdict"] == FEW and row["n"] == 4
+    assert "too few seeds (4 pairs with baseline, fewer than 5)" in row["sentence"]
+    assert "nothing declared" in row["sentence"] and "-0.3" in row["sentence"]
+
+
+def test_failed_seeds_hold_back_generalizes_better_unless_ignored():
+    held = table({"dropout": (-0.05, -0.2)}, failed={"dropout": 2})
+    assert held.loc["dropout", "verdict"] == UNCLEAR and held.loc["dropout", "failed"] == 2
+    assert "2 seed(s) failed" in held.loc["dropout", "sentence"]
+    assert "not declared better" in held.loc["dropout", "sentence"]
+    ignored = table({"dropout": (-0.05, -0.2)}, failed={"dropout": 2}, ignore_failed=True)
+    assert ignored.loc["dropout", "verdict"] == GENERALIZES
+    # A failing arm that is worse stays 'hurts': failures never improve a verdict.
+    assert table({"x": (0.2, 0.1)}, failed={"x": 1}).loc["x", "verdict"] == HURTS
+
+
+@pytest.mark.parametrize(("loss", "gap", "label"), [
+    ({"n": 5, "mean_diff": -0.1, "p_holm": 0.01}, {"n": 5, "mean_diff": 0.1, "p_holm": 0.01}, GENERALIZES),
+    ({"n": 5, "mean_diff": -0.1, "p_holm": 0.06}, {"n": 5, "mean_diff": -0.1, "p_holm": 0.01}, UNDERFITS),
+    ({"n": 5, "mean_diff": 0.1, "p_holm": 0.01}, {"n": 5, "mean_diff": -0.1, "p_holm": 0.01}, UNDERFITS),
+    ({"n": 5, "mean_diff": 0.1, "p_holm": 0.01}, {"n": 5, "mean_diff": -0.1, "p_holm": 0.2}, HURTS),
+    ({"n": 5, "mean_diff": 0.1, "p_holm": 0.05}, {"n": 5, "mean_diff": 0.1, "p_holm": 0.01}, UNCLEAR),
+    ({"n": 5, "mean_diff": 0.0, "p_holm": math.nan}, {"n": 5, "mean_diff": 0.0, "p_holm": math.nan}, UNCLEAR),
+    ({"n": 4, "mean_diff": -1.0, "p_holm": 0.0001}, {"n": 4, "mean_diff": -1.0, "p_holm": 0.0001}, FEW),
+])
+def test_judge_boundaries(loss, gap, label):
+    assert judge(loss, gap) == label
