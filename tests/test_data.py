@@ -102,6 +102,12 @@ def test_epoch_covers_each_window_once_and_is_seeded():
     assert torch.equal(rows[:, 1:], rows[:, :-1] + 1)  # contiguous text
     again = torch.cat(epoch_batches(data, 10, 8, torch.Generator().manual_seed(0)))
     assert torch.equal(rows, again)
+    # Every character of the epoch's span is a target exactly once (data[i] == i here).
+    offset = int(starts.min())
+    assert torch.equal(rows[:, 1:].flatten().sort().values, torch.arange(offset + 1, offset + 1 + len(rows) * 10))
+    # The phase moves from epoch to epoch, over the offsets that still fit every window.
+    phases = {int(torch.cat(epoch_batches(data, 10, 8, gen))[:, 0].min()) for _ in range(30)}
+    assert len(phases) > 3 and phases <= set(range(10))
 
 
 def test_eval_windows_are_fixed_and_spread():
