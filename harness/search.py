@@ -394,18 +394,20 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.objective.names)
-        made.append(_create_parent(client, spec, storage_url))
+        _create_parent(client, spec, storage_url, made)
         study.set_user_attr(ATTR, meta(made[0]))
     return study
 
 
-def _create_parent(client: MlflowClient, spec: SearchSpec, storage_url: str) -> str:
+def _create_parent(client: MlflowClient, spec: SearchSpec, storage_url: str, made: list[str]) -> str:
+    """The study's parent run, listed in `made` as soon as it exists (see created_study)."""
     note = spec.description or f"Optuna search {spec.name}"
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
         "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "search",
         "harness.storage": redact(storage_url), "harness.objective": spec.objective.tag,
         "harness.objective_metric": spec.objective.names[0],
         "mlflow.note.content": f"{note} (objective: {', '.join(spec.objective.names)}, minimised)"})
+    made.append(run.info.run_id)
     client.log_text(run.info.run_id, yaml.safe_dump(spec.raw, sort_keys=False), "spec.yaml")
     return run.info.run_id
 

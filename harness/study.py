@@ -115,7 +115,7 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
     existing = _find_study(storage, spec.name)
     if existing is None:
         with created_study(storage, spec.name, ["minimize"], client) as (study, made):
-            made.append(_create_parent(client, spec, storage_url))
+            _create_parent(client, spec, storage_url, made)
             study.set_user_attr(ATTR, _ablation_meta(spec, made[0], {"arms": {}}))
             enqueue_missing(study, retry_failed=True)
         return study
@@ -174,7 +174,8 @@ def _find_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study
         return None
 
 
-def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str) -> str:
+def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str, made: list[str]) -> str:
+    """The study's parent run, listed in `made` as soon as it exists (see created_study)."""
     import yaml
 
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
@@ -185,6 +186,7 @@ def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str) -
     spec_doc = {"name": spec.name, "design": spec.design, "baseline": spec.baseline, "seeds": spec.seeds,
                 "base": spec.base.to_dict(),
                 "arms": [{"label": a.label, "set": a.overrides} for a in spec.arms]}
+    made.append(run.info.run_id)
     client.log_text(run.info.run_id, yaml.safe_dump(spec_doc, sort_keys=False), "spec.yaml")
     return run.info.run_id
 
