@@ -81,6 +81,7 @@ import math
 import time
 import warnings
 from collections import Counter
+from contextlib import suppress
 from typing import Callable
 
 import optuna
@@ -99,8 +100,8 @@ from harness.run import RunOutcome, preflight, run_tracked
 from harness.search_space import SearchSpec, load_search_spec, parse_search_spec
 from harness.spec import AblationSpec, Arm, cell_config, format_value
 from harness.storage import default_storage, open_storage
-from harness.study import (ATTR, REPORTED, SETTLED, STALE, cell_status, close_killed, create_ablation,
-                           created_study, info, mean_ci, reap_dead, write_arm_summaries)
+from harness.study import (ATTR, REPORTED, SETTLED, cell_status, create_ablation, created_study, info, mean_ci,
+                           reap_dead, tell_or_close_stale, write_arm_summaries)
 from harness.tracking import experiment_id, init_store, redact
 from harness.worker import POLL_S, DataCache, fail_trial, others_running
 
@@ -233,7 +234,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat, spec: S
         fail_trial(study, trial, beat, exc)
         return
     beat.stop()
-    _record(trial, outcomes)
+    # Reaped while it ran: its attributes are frozen, and _tell closes its runs as stale.
+    with suppress(optuna.exceptions.UpdateFinishedTrialError):
+        _record(trial, outcomes)
     _tell(study, trial, spec, outcomes, runs, client)
 
 
@@ -295,16 +298,12 @@ def _record(trial: optuna.Trial, outcomes: list[RunOutcome]) -> None:
 
 def _tell(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, outcomes: list[RunOutcome],
           runs: list[str], client: MlflowClient) -> None:
-    try:
-        if outcomes[-1].status == "KILLED":
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, [sum(getattr(o.result.summary, name) for o in outcomes) / len(outcomes)
-                               for name in spec.objective.names])
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Reaped as stale while it ran (a missed heartbeat): its runs must not read as results.
-        for run_id in runs:
-            close_killed(client, run_id, STALE)
+    if outcomes[-1].status == "KILLED":
+        tell_or_close_stale(study, trial, TrialState.PRUNED, None, client, runs)
+    else:
+        tell_or_close_stale(study, trial, TrialState.COMPLETE,
+                            [sum(getattr(o.result.summary, name) for o in outcomes) / len(outcomes)
+                             for name in spec.objective.names], client, runs)
 
 
 # --- the driver -------------------------------------------------------------------------------------------

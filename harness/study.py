@@ -263,6 +263,26 @@ def close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     client.set_terminated(run_id, status="KILLED")
 
 
+def tell_or_close_stale(study: optuna.Study, trial: optuna.Trial, state: TrialState,
+                        values: float | list[float] | None, client: MlflowClient, run_ids: list[str]) -> bool:
+    """Tell the storage that `trial` ended in `state`; False when a peer had reaped it meanwhile.
+
+    A trial reaped while it ran (its heartbeat was missed) is FAIL already and cannot change:
+    Optuna refuses to tell it (ValueError at its check, UpdateFinishedTrialError when the reap
+    lands between the check and the write). Its runs are then closed KILLED as STALE, so they
+    never read as results of the cell, which runs again.
+    """
+    try:
+        told = study.tell(trial, values, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        told = None
+    if told is not None and told.state == state:
+        return True
+    for run_id in run_ids:
+        close_killed(client, run_id, STALE)
+    return False
+
+
 def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
     """Another trial of the same cell that has this cell already (complete, or started first)."""
     key = cell_key(trial)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from contextlib import suppress
 from typing import Any, Callable
 
 import optuna
@@ -24,8 +25,8 @@ from harness.liveness import Heartbeat
 from harness.run import RunOutcome, run_tracked
 from harness.spec import cell_config
 from harness.storage import load_study
-from harness.study import (REPORTED, STALE, arm_configs, close_killed, enqueue_missing, first_owner,
-                           info, reap_dead)
+from harness.study import (REPORTED, arm_configs, enqueue_missing, first_owner, info, reap_dead,
+                           tell_or_close_stale)
 from harness.tracking import init_store
 from harness.train import NonFiniteLoss, prepare_data
 
@@ -77,10 +78,12 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
         return None
     beat.stop()
     s = outcome.result.summary
-    for name in REPORTED:
-        value = getattr(s, name)
-        if value is not None:
-            trial.set_user_attr(name, float(value))
+    # Reaped while it ran: its attributes are frozen, and tell_outcome closes its run as stale.
+    with suppress(optuna.exceptions.UpdateFinishedTrialError):
+        for name in REPORTED:
+            value = getattr(s, name)
+            if value is not None:
+                trial.set_user_attr(name, float(value))
     return outcome
 
 
@@ -102,13 +105,10 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat,
 
 def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: RunOutcome,
                  values: float | list[float], client: MlflowClient) -> None:
-    try:
-        if outcome.status == "KILLED":
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, values)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        close_killed(client, outcome.run_id, STALE)
+    if outcome.status == "KILLED":
+        tell_or_close_stale(study, trial, TrialState.PRUNED, None, client, [outcome.run_id])
+    else:
+        tell_or_close_stale(study, trial, TrialState.COMPLETE, values, client, [outcome.run_id])
 
 
 def run_ablation_cell(study: optuna.Study, trial: optuna.Trial, client: MlflowClient,

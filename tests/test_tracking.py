@@ -5,6 +5,7 @@ import sys
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -98,6 +99,11 @@ def test_transfer_from_an_mlflow_run(project, tiny, small_corpus):
                                           "transfer.freeze_embeddings": True, "train.epochs": 1}), client, "train")
     # Starting from trained weights, the first evaluation beats the source's first one.
     assert fine.result.history[0].val_loss < source.result.history[0].val_loss
+    # Frozen embeddings (and the head tied to them) keep the source's values; the blocks train on.
+    before, after = source.result.checkpoint["model"], fine.result.checkpoint["model"]
+    for name in ("tok_emb.weight", "pos_emb.weight", "head.weight"):
+        assert torch.equal(after[name], before[name]), f"{name} moved"
+    assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     other = small_corpus.parent / "other.txt"
     other.write_text("abc def\n" * 2000)
     from harness.errors import UsageError
