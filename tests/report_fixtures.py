@@ -160,6 +160,8 @@ class Store:
             folder = Path(url2pathname(urlparse(run.info.artifact_uri).path))
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "history.json").write_text(json.dumps(hist), encoding="utf-8")
+            if status == "FINISHED":  # the training side's generated text; untrusted like any name
+                (folder / "samples.txt").write_text(f"ROMEO:\n<b>{arm}</b> seed {seed}\n", encoding="utf-8")
         self.client.set_terminated(run_id, status)
         return run_id
 

@@ -20,7 +20,8 @@ from harness.metrics import SUMMARY_METRICS
 from harness.report.collect import load_study, local_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ABLATION_FIGURES = {"learning_curves", "gap", "test_loss_by_arm", "tradeoff", "learning_rate", "gradients"}
+ABLATION_FIGURES = {"paired_differences", "validation_curves", "learning_curves", "gap", "test_loss_by_arm",
+                    "tradeoff", "learning_rate", "gradients"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,9 @@ def test_runs_csv_has_one_row_per_finished_run_and_every_param(ablation):
     assert len(header) == 7 + len(SUMMARY_METRICS) + n_params
     assert header[:7] == ["arm", "seed", "trial_number", "run_id", "run_name", "status", "url"]
     assert {r["run_id"] for r in rows} == set(ids["runs"]) and len(rows) == len(ids["runs"]) == 20
+    # sample.prompt is "\n": one physical line per run all the same.
+    assert {r["params.sample.prompt"] for r in rows} == {"\\n"}
+    assert len(result.runs_csv.read_text(encoding="utf-8").splitlines()) == 21
     assert [r["arm"] for r in rows[:5]] == ["baseline"] * 5
     assert [r["seed"] for r in rows[:5]] == ["0", "1", "2", "3", "4"]
     dropout = [r for r in rows if r["arm"] == "dropout=0.3"]
@@ -274,3 +278,32 @@ def test_runs_on_different_thread_counts_are_noted():
     runs = pd.DataFrame({"tags.harness.threads": ["1", "2", "1"]})
     assert _thread_notes(runs)[0].startswith("runs used 1, 2 torch threads")
     assert _thread_notes(runs.iloc[[0, 2]]) == [] and _thread_notes(pd.DataFrame({"x": [1]})) == []
+
+
+def test_report_lands_in_mlflow_on_the_study_run(ablation, store, tmp_path):
+    """The answer is where the runs are: the study run's description and artifacts, replaced (not
+    stacked) by a later report, the study's question kept in front."""
+    from mlflow import MlflowClient
+
+    from harness.report import ANSWER_MARK, question
+
+    result, ids = ablation
+    client = MlflowClient(tracking_uri=store[0].tracking_uri)
+    build_report("abl", out_dir=tmp_path / "again", tracking_uri=store[0].tracking_uri)
+    note = client.get_run(ids["parent"]).data.tags["mlflow.note.content"]
+    assert note.count(ANSWER_MARK) == 1 and result.summary_lines[1] in note
+    assert "dropout=0.3: no clear effect against baseline" in note
+    assert question("Does dropout help?" + ANSWER_MARK + "old answer") == "Does dropout help?"
+    names = {a.path for a in client.list_artifacts(ids["parent"], "report")}
+    assert {"report/index.html", "report/report.md", "report/verdicts.csv", "report/runs.csv"} <= names
+    assert client.list_artifacts(ids["parent"], "report/figures")
+
+
+def test_samples_and_best_epochs_are_in_the_html(ablation):
+    result, _ = ablation
+    page = result.index_html.read_text(encoding="utf-8")
+    assert '<h2 id="samples">' in page and "<th>best_epoch</th>" in page
+    # The first seed's text of each arm, escaped like every value from a run.
+    assert "&lt;b&gt;dropout=0.3&lt;/b&gt; seed 0" in page and "<b>dropout=0.3</b>" not in page
+    md = result.report_md.read_text(encoding="utf-8")
+    assert r"> \<b\>baseline\</b\> seed 0" in md

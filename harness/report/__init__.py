@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
 
 from harness.errors import UsageError
 from harness.report import arms as arms_mod
@@ -107,6 +108,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
         notes.append(f"{missing} run(s) have no readable history.json; their curves are missing")
     if not history.empty:
         history = history.merge(runs[["run_id", "arm"]], on="run_id")
+    samples = _samples(runs, featured, study.tracking_uri)
     search_data, search_note = (None, "only searches have an Optuna study to read")
     if study_type == "search":
         search_data, search_note = search.load_search(name, study.parent_tag("harness.storage"),
@@ -116,7 +118,8 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     out = claim_out_dir(Path(out_dir) if out_dir is not None else default_out_dir(name))
     figure_files = figures.write_figures(figures.FigureInput(
         runs=runs, history=history, arms=featured, baseline=grouped.baseline, metric=metric,
-        arm_stats=arm_stats, study_type=study_type, search=search_data, search_note=search_note),
+        arm_stats=arm_stats, verdicts=verdicts, study_type=study_type, search=search_data,
+        search_note=search_note),
         out / "figures")
 
     parent = study.parent
@@ -129,13 +132,16 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
         arm_settings=arms_mod.arm_settings(runs, grouped.order, grouped.baseline),
         arm_stats=arm_stats, comparisons=comparisons, verdicts=verdicts, failed=failed,
         ignore_failed=ignore_failed, headline=_headline(grouped, arm_stats, verdicts),
-        description=study.parent_tag("mlflow.note.content") or "", runs=runs, excluded=excluded,
+        description=question(study.parent_tag("mlflow.note.content")), samples=samples, runs=runs,
+        excluded=excluded,
         excluded_summary=arms_mod.excluded_summary(grouped.excluded), figures=figure_files, notes=notes)
     paths = out / "index.html", out / "report.md", out / "runs.csv", out / "verdicts.csv"
     render.write_html(content, paths[0])
     render.write_markdown(content, paths[1])
     render.write_runs_csv(content, paths[2])
     render.write_verdicts_csv(content, paths[3])
+    if parent is not None:
+        _publish(study, parent["run_id"], out, content)
     return ReportResult(
         out_dir=out, index_html=paths[0], report_md=paths[1], runs_csv=paths[2], verdicts_csv=paths[3],
         figures=[f.path for f in figure_files if f.path],
@@ -190,6 +196,37 @@ def _arm_links(runs: pd.DataFrame, study: collect.StudyData, ui_url: str) -> dic
         summary_of = dict(zip(summaries["tags.harness.arm"], summaries["run_id"]))
     return {arm: links.arm_url(ui_url, study.experiment_id, list(ids), summary_of.get(arm))
             for arm, ids in runs.groupby("arm", sort=False)["run_id"]}
+
+
+def _samples(runs: pd.DataFrame, arms: list[str], tracking_uri: str) -> dict[str, tuple[int | None, str]]:
+    """Per arm, the generated text of its first seed's run: (seed, samples.txt), where it has one."""
+    first = runs[runs["arm"].isin(arms)].drop_duplicates("arm")
+    texts = collect.load_texts(first[["run_id", "artifact_uri"]], tracking_uri)
+    return {arm: (None if pd.isna(seed) else int(seed), texts[run_id])
+            for arm, seed, run_id in zip(first["arm"], first["seed"], first["run_id"]) if run_id in texts}
+
+
+ANSWER_MARK = "\n\n---\nablate report:"
+"""Where the report's answer starts in the study run's MLflow description (after the question)."""
+
+
+def question(note: str | None) -> str:
+    """The study's question: its MLflow description without an answer an earlier report added."""
+    return (note or "").split(ANSWER_MARK)[0].strip()
+
+
+def _publish(study: collect.StudyData, parent_run_id: str, out: Path, content: render.ReportContent) -> None:
+    """Put the answer where the runs are: the study run's description gets the headline and the
+    verdicts, its artifacts the report's files (report/), replacing what an earlier report put."""
+    client = MlflowClient(tracking_uri=study.tracking_uri)
+    lines = [f"**Answer:** {content.headline}", ""] + [f"- {v}" for v in render.verdict_sentences(content)]
+    note = question(study.parent_tag("mlflow.note.content")) + ANSWER_MARK + "\n\n" + "\n".join(lines)
+    client.set_tag(parent_run_id, "mlflow.note.content", note)
+    for name in ("index.html", "report.md", "runs.csv", "verdicts.csv"):
+        client.log_artifact(parent_run_id, str(out / name), "report")
+    for figure in content.figures:
+        if figure.path:
+            client.log_artifact(parent_run_id, str(figure.path), "report/figures")
 
 
 def _thread_notes(runs: pd.DataFrame) -> list[str]:

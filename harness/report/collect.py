@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +155,32 @@ def load_histories(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
     which is minutes for a thousand runs. Remote stores are downloaded in a thread pool.
     A run whose file is missing or malformed has no rows.
     """
+    loaded = _read_artifact(runs, tracking_uri, HISTORY_FILE, _read_history)
+    return _long_table([(run_id, columns) for run_id, columns in loaded if columns is not None])
+
+
+SAMPLES_FILE = "samples.txt"
+
+
+def load_texts(runs: pd.DataFrame, tracking_uri: str, name: str = SAMPLES_FILE) -> dict[str, str]:
+    """run_id -> the text artifact `name` (the generated samples) of each run that has it."""
+    return {run_id: text for run_id, text in _read_artifact(runs, tracking_uri, name, _read_text)
+            if text is not None}
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_artifact(runs: pd.DataFrame, tracking_uri: str, name: str,
+                   read: Callable[[Path], Any]) -> list[tuple[str, Any]]:
+    """(run_id, read(file)) for the artifact `name` of every run in `runs` (None where unusable).
+
+    Local artifact stores are read directly; remote ones are downloaded in a thread pool.
+    """
     local: list[tuple[str, Path]] = []
     remote: list[str] = []
     for run_id, uri in zip(runs["run_id"], runs["artifact_uri"]):
@@ -162,14 +188,14 @@ def load_histories(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
         if path is None:
             remote.append(run_id)
         else:
-            local.append((run_id, path / HISTORY_FILE))
+            local.append((run_id, path / name))
     with gc_paused():
-        loaded = [(run_id, _read_history(path)) for run_id, path in local]
+        loaded = [(run_id, read(path)) for run_id, path in local]
     if remote:
         with tempfile.TemporaryDirectory(prefix="ablate-report-") as tmp, \
                 ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS) as pool:
-            loaded += zip(remote, pool.map(lambda rid: _download_history(rid, tracking_uri, Path(tmp)), remote))
-    return _long_table([(run_id, columns) for run_id, columns in loaded if columns is not None])
+            loaded += zip(remote, pool.map(lambda rid: _download(rid, name, tracking_uri, Path(tmp), read), remote))
+    return loaded
 
 
 def _long_table(histories: list[tuple[str, dict[str, np.ndarray]]]) -> pd.DataFrame:
@@ -185,14 +211,13 @@ def _long_table(histories: list[tuple[str, dict[str, np.ndarray]]]) -> pd.DataFr
     return pd.DataFrame(table)
 
 
-def _download_history(run_id: str, tracking_uri: str, tmp: Path) -> dict[str, np.ndarray] | None:
+def _download(run_id: str, name: str, tracking_uri: str, tmp: Path, read: Callable[[Path], Any]) -> Any:
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HISTORY_FILE,
-                                                   dst_path=str(tmp / run_id),
-                                                   tracking_uri=tracking_uri)
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                   dst_path=str(tmp / run_id), tracking_uri=tracking_uri)
     except (MlflowException, OSError):
         return None
-    return _read_history(Path(path))
+    return read(Path(path))
 
 
 def _read_history(path: Path) -> dict[str, np.ndarray] | None:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from harness.report.search import SearchData
 from harness.report.stats import METRICS, curve_bands, pareto_front
+from harness.report.verdict import GAP, HELDOUT, LABELS, MIN_SEEDS
 
 DPI = 100
 _NEUTRAL = "#9a9a9a"
@@ -37,6 +38,8 @@ class FigureInput:
     metric: str
     arm_stats: pd.DataFrame
     """stats.arm_table for at least `arms` and `metric`."""
+    verdicts: pd.DataFrame
+    """verdict.verdict_table (empty without a baseline)."""
     study_type: str | None
     search: SearchData | None
     search_note: str
@@ -83,6 +86,8 @@ def write_figures(data: FigureInput, folder: Path) -> list[FigureFile]:
 def _figures(data: FigureInput) -> list[tuple[str, str, FigureFn]]:
     noun = METRICS[data.metric].noun
     figures = [
+        ("paired_differences", "Change against the baseline, paired by seed", paired_differences),
+        ("validation_curves", "Validation loss of every arm", validation_curves),
         ("learning_curves", "Learning curves", learning_curves),
         ("gap", "Generalization gap over training", gap_curves),
         (f"{data.metric}_by_arm", f"{noun.capitalize()} per arm", metric_by_arm),
@@ -113,9 +118,46 @@ def _x_label(history: pd.DataFrame) -> str:
     return "epoch" if "epoch" in history else "optimizer step"
 
 
-def _band(ax, bands: pd.DataFrame, color, label: str, linestyle: str = "-") -> None:
+def _band(ax, bands: pd.DataFrame, color, label: str, linestyle: str = "-", floor: float | None = None) -> None:
     ax.plot(bands["x"], bands["mean"], color=color, label=label, linestyle=linestyle, lw=1.6)
-    ax.fill_between(bands["x"], bands["low"], bands["high"], color=color, alpha=0.2, lw=0)
+    low = bands["low"] if floor is None else bands["low"].clip(lower=floor)
+    ax.fill_between(bands["x"], low, bands["high"], color=color, alpha=0.2, lw=0)
+
+
+def _curves(ax, history: pd.DataFrame, metric: str, arm: str, color, label: str, linestyle: str = "-",
+            floor: float | None = None, band: bool = True) -> None:
+    """One arm's `metric` over training: the mean over its runs, and either a 95% t-band (at least
+    MIN_SEEDS runs) or, with fewer, every run as a thin line.
+
+    Under MIN_SEEDS runs a t-band is mostly the t quantile (12.7 at 2 runs) and reaches values the
+    metric cannot take; the runs themselves show the spread honestly. `floor` clips a band at the
+    metric's lower bound (0 for a loss).
+    """
+    rows = history[history["arm"] == arm]
+    if rows.empty:
+        return
+    x_col = "epoch" if "epoch" in rows else "step"
+    if rows["run_id"].nunique() < MIN_SEEDS:
+        for _, run in rows.groupby("run_id", sort=True):
+            ax.plot(run[x_col], run[metric], color=color, lw=0.7, alpha=0.45, linestyle=linestyle)
+        bands = curve_bands(rows, metric)
+        ax.plot(bands["x"], bands["mean"], color=color, label=label, linestyle=linestyle, lw=1.6)
+        return
+    bands = curve_bands(rows, metric)
+    if band:
+        _band(ax, bands, color, label, linestyle, floor)
+    else:
+        ax.plot(bands["x"], bands["mean"], color=color, label=label, linestyle=linestyle, lw=1.6)
+
+
+def _spread_note(history: pd.DataFrame) -> str:
+    """How the caption describes the spread drawn by `_curves`."""
+    runs = history.groupby("arm")["run_id"].nunique()
+    if (runs >= MIN_SEEDS).all():
+        return "mean over seeds with a 95% t-band"
+    if (runs < MIN_SEEDS).all():
+        return f"mean over seeds (thick) and each seed (thin): under {MIN_SEEDS} seeds a t-band says little"
+    return f"mean over seeds; a 95% t-band for arms with {MIN_SEEDS}+ seeds, each seed thin for the others"
 
 
 def _shown_history(data: FigureInput, *metrics: str) -> pd.DataFrame | None:
@@ -130,34 +172,78 @@ def learning_curves(data: FigureInput) -> tuple[Figure | None, str]:
     if history is None:
         return None, "no run has train_eval_loss and val_loss in its history.json"
     arms = [a for a in data.arms if a in set(history["arm"])]
-    train, val = (curve_bands(history, m) for m in ("train_eval_loss", "val_loss"))
-    fig, axes = _grid(len(arms))
+    fig, axes = _grid(len(arms), ncols=3, size=(3.6, 2.9))
     for ax, arm in zip(axes, arms):
-        _band(ax, train[train["arm"] == arm], sns.color_palette()[0], "train (eval mode)")
-        _band(ax, val[val["arm"] == arm], sns.color_palette()[3], "validation")
-        ax.set_title(_short(arm), fontsize=9)
+        _curves(ax, history, "train_eval_loss", arm, sns.color_palette()[0], "train (eval mode)", floor=0.0)
+        _curves(ax, history, "val_loss", arm, sns.color_palette()[3], "validation", floor=0.0)
+        ax.set_title(_short(arm) + (" (baseline)" if arm == data.baseline else ""), fontsize=9)
         ax.set_xlabel(_x_label(history))
         ax.set_ylabel("loss (nats/char)")
     axes[0].legend(fontsize=8)
-    return fig, "Mean over seeds with a 95% t-band; train loss measured in eval mode (no dropout, no augmentation)."
+    return fig, (f"Per arm: {_spread_note(history[history['arm'].isin(arms)])}; train loss measured in eval "
+                 "mode (no dropout, no augmentation). Where the two lines part, the arm overfits.")
+
+
+def validation_curves(data: FigureInput) -> tuple[Figure | None, str]:
+    history = _shown_history(data, "val_loss")
+    if history is None:
+        return None, "no run has val_loss in its history.json"
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for arm, color in data.colors.items():
+        _curves(ax, history, "val_loss", arm, color, _short(arm), "--" if arm == data.baseline else "-",
+                band=False)
+    ax.set_xlabel(_x_label(history))
+    ax.set_ylabel("validation loss (nats/char)")
+    ax.legend(fontsize=8, loc="best")
+    return fig, ("Every arm's validation loss, mean over seeds (the baseline dashed"
+                 + (f"; each seed thin for arms with fewer than {MIN_SEEDS}" if
+                    (history.groupby("arm")["run_id"].nunique() < MIN_SEEDS).any() else "")
+                 + "). Each run's own lowest validation loss picks the evaluation whose test loss the verdicts compare.")
+
+
+_VERDICT_COLORS = dict(zip(LABELS, ("#2e8b57", "#d08c00", "#c0392b", "#7f7f7f", "#b0b0b0")))
+
+
+def paired_differences(data: FigureInput) -> tuple[Figure | None, str]:
+    """The quantity the verdicts test: per arm, the mean paired change on each axis with its CI."""
+    table = data.verdicts[data.verdicts["arm"].isin(data.arms)] if not data.verdicts.empty else data.verdicts
+    if table.empty:
+        return None, "no baseline to pair against"
+    fig = Figure(figsize=(11, 0.42 * len(table) + 1.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(table))
+    colors = [_VERDICT_COLORS[v] for v in table["verdict"]]
+    for ax, axis, label in ((axes[0], HELDOUT, "\u0394 held-out (test) loss, arm - baseline (nats)"),
+                            (axes[1], GAP, "\u0394 gap on test text, arm - baseline (nats)")):
+        mean = table[f"{axis}_diff"].to_numpy(float)
+        low = np.nan_to_num(mean - table[f"{axis}_ci_low"].to_numpy(float))
+        high = np.nan_to_num(table[f"{axis}_ci_high"].to_numpy(float) - mean)
+        for i in range(len(table)):
+            ax.errorbar(mean[i], y[i], xerr=[[low[i]], [high[i]]], fmt="o", color=colors[i], ms=5, capsize=3, lw=1.4)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(label)
+    axes[0].set_yticks(y, [f"{_short(a, 28)}  [{v}]" for a, v in zip(table["arm"], table["verdict"])])
+    axes[0].set_ylim(len(table) - 0.5, -0.5)
+    return fig, (f"Mean paired difference to the baseline {data.baseline} over shared seeds, with its 95% "
+                 "t-interval: left of zero is better on both panels. Colour: the verdict "
+                 "(green generalizes-better, amber closes-gap-by-underfitting, red hurts, grey no clear "
+                 "effect or too few seeds). An arm left of zero on the right panel only closed its gap.")
 
 
 def gap_curves(data: FigureInput) -> tuple[Figure | None, str]:
     history = _shown_history(data, "gap")
     if history is None:
         return None, "no run has gap in its history.json"
-    bands = curve_bands(history, "gap")
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     for arm, color in data.colors.items():
-        rows = bands[bands["arm"] == arm]
-        if not rows.empty:
-            _band(ax, rows, color, _short(arm), "--" if arm == data.baseline else "-")
+        _curves(ax, history, "gap", arm, color, _short(arm), "--" if arm == data.baseline else "-")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel(_x_label(history))
     ax.set_ylabel("val_loss - train_eval_loss (nats)")
     ax.legend(fontsize=8, loc="best")
-    return fig, "The overfitting gap per arm: mean over seeds with a 95% t-band; the baseline dashed."
+    return fig, f"The overfitting gap per arm, {_spread_note(history)}; the baseline dashed."
 
 
 def metric_by_arm(data: FigureInput) -> tuple[Figure | None, str]:
@@ -227,8 +313,12 @@ def learning_rates(data: FigureInput) -> tuple[Figure | None, str]:
     schedule = data.runs.set_index("arm")["params.schedule.name"] if "params.schedule.name" in data.runs \
         else pd.Series("unknown", index=data.runs["arm"])
     schedule = schedule.fillna("unknown").groupby(level=0).first()
+    # A panel per scheduler whose learning rate moves in some arm; a flat line says nothing.
+    moving = history.groupby("arm")["lr"].agg(lambda v: v.max() > v.min())
+    names = sorted({schedule[a] for a in data.arms if a in schedule and moving.get(a, False)})
+    if not names:
+        return None, "the learning rate never changes in the arms shown (constant schedule, no warmup)"
     bands = curve_bands(history, "lr")
-    names = sorted(set(schedule.reindex(data.arms).dropna()))
     fig, axes = _grid(len(names), ncols=2, size=(4.6, 3.2))
     for ax, name in zip(axes, names):
         for arm, color in data.colors.items():
@@ -258,15 +348,13 @@ def gradients(data: FigureInput) -> tuple[Figure | None, str]:
     axes = fig.subplots(1, 2, sharex=True)
     for ax, metric, label in ((axes[0], "grad_norm", "gradient norm before clipping"),
                               (axes[1], "clip_frac", "fraction of steps clipped")):
-        bands = curve_bands(history[history["arm"].isin(arms)], metric)
         for arm in arms:
-            rows = bands[bands["arm"] == arm]
-            if not rows.empty:
-                _band(ax, rows, data.colors[arm], f"{_short(arm)} (clip_norm={clip[arm]})")
+            _curves(ax, history, metric, arm, data.colors[arm], f"{_short(arm)} (clip_norm={clip[arm]})", floor=0.0)
         ax.set_xlabel(_x_label(history))
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
-    return fig, "Arms whose optim.clip_norm differs from the baseline's, and the baseline: mean over seeds, 95% t-band."
+    return fig, (f"Arms whose optim.clip_norm differs from the baseline's, and the baseline: "
+                 f"{_spread_note(history[history['arm'].isin(arms)])}.")
 
 
 def importance(data: FigureInput) -> tuple[Figure | None, str]:

@@ -26,6 +26,7 @@ figcaption { color: #555; font-size: 13px; } .small { color: #666; font-size: 12
 p.question { font-size: 15px; color: #333; } p.answer { font-size: 16px; background: #f6f8fa; border-left: 4px solid #4a7; padding: .6em .9em; }
 tr.verdict-generalizes-better td { background: #eef9ee; } tr.verdict-hurts td { background: #fdeeee; }
 tr.verdict-closes-gap-by-underfitting td { background: #fff8e6; }
+pre.sample { background: #fafafa; border: 1px solid #eee; padding: .6em; white-space: pre-wrap; max-height: 14em; overflow: auto; }
 </style>
 </head>
 <body>
@@ -79,11 +80,16 @@ tr.verdict-closes-gap-by-underfitting td { background: #fff8e6; }
 {% for f in skipped %}<li>{{ f.title }}: {{ f.skipped }}</li>
 {% endfor %}</ul>{% endif %}
 
+{% if c.samples %}<h2 id="samples">Samples (each arm's first seed)</h2>
+{% for arm, (seed, text) in c.samples.items() %}<h3>{{ arm }} <span class="small">seed {{ seed }}</span></h3>
+<pre class="sample">{{ text }}</pre>
+{% endfor %}{% endif %}
+
 <h2 id="runs">Runs ({{ run_rows|length }})</h2>
 <div class="scroll"><table id="run-table">
-<thead><tr><th>arm</th><th>seed</th><th>run</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>
+<thead><tr><th>arm</th><th>seed</th><th>run</th>{% for m in run_metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for r in run_rows %}<tr><td>{{ r.arm }}</td><td class="num">{{ r.seed }}</td><td><a href="{{ r.url }}">{{ r.run }}</a></td>{% for m in metrics %}<td class="num">{{ r[m] }}</td>{% endfor %}</tr>
+{% for r in run_rows %}<tr><td>{{ r.arm }}</td><td class="num">{{ r.seed }}</td><td><a href="{{ r.url }}">{{ r.run }}</a></td>{% for m in run_metrics %}<td class="num">{{ r[m] }}</td>{% endfor %}</tr>
 {% endfor %}</tbody>
 </table></div>
 

@@ -57,6 +57,8 @@ class ReportContent:
     """The study's answer in one sentence."""
     description: str
     """The study's question, from its spec."""
+    samples: dict[str, tuple[int | None, str]]
+    """Per featured arm: (seed, the text its run generated)."""
     runs: pd.DataFrame
     """Included runs in report order, with a ``url`` column."""
     excluded: pd.DataFrame
@@ -72,7 +74,11 @@ def write_runs_csv(content: ReportContent, path: Path) -> None:
     ident = ["arm", "seed", "trial_number", "run_id", "run_name", "status", "url"]
     metrics = [m for m in SUMMARY_METRICS if m in runs]
     params = sorted(c for c in runs.columns if c.startswith("params."))
-    runs[ident + metrics + params].to_csv(path, index=False)
+    table = runs[ident + metrics + params]
+    # One physical line per run: a param such as sample.prompt may hold a newline.
+    text = table.select_dtypes(include="object").columns
+    table = table.assign(**{c: table[c].str.replace(r"\r?\n", r"\\n", regex=True) for c in text})
+    table.to_csv(path, index=False)
 
 
 def write_verdicts_csv(content: ReportContent, path: Path) -> None:
@@ -194,8 +200,12 @@ def run_rows(content: ReportContent) -> list[dict[str, str]]:
         rec = run._asdict()
         rows.append({"arm": run.arm, "seed": "" if pd.isna(run.seed) else str(run.seed),
                      "run": run.run_name or run.run_id, "url": run.url,
-                     **{m: number(rec[m]) if m in rec else "n/a" for m in ARM_METRICS}})
+                     **{m: number(rec[m]) if m in rec else "n/a" for m in RUN_METRICS}})
     return rows
+
+
+RUN_METRICS = ("best_epoch", *ARM_METRICS)
+"""The runs table: where each run's validation loss bottomed out, then the per-arm metrics."""
 
 
 HOW_TO_READ = [
@@ -232,9 +242,9 @@ def write_html(content: ReportContent, path: Path) -> None:
         c=content, facts=facts(content), arm_rows=arm_rows(content, content.arms),
         comparison_rows=comparison_rows(content, content.arms), run_rows=run_rows(content),
         metrics=ARM_METRICS, figures=figures, skipped=[f for f in content.figures if not f.path],
-        verdicts=_verdicts(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
+        verdicts=verdict_sentences(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
         how_to_read=HOW_TO_READ, noun=METRICS[content.metric].noun,
-        excluded=content.excluded.to_dict("records"))
+        excluded=content.excluded.to_dict("records"), run_metrics=RUN_METRICS)
     path.write_text(html, encoding="utf-8")
 
 
@@ -242,7 +252,7 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _verdicts(content: ReportContent) -> list[str]:
+def verdict_sentences(content: ReportContent) -> list[str]:
     """The verdict sentences of the featured arms, in report order."""
     sentences = dict(zip(content.verdicts["arm"], content.verdicts["sentence"]))
     return [sentences[a] for a in content.featured if a in sentences]
@@ -292,7 +302,7 @@ def write_markdown(content: ReportContent, path: Path) -> None:
                                              md(r["loss_p"]), r["gap"], md(r["gap_p"]), r["seeds"]]
                                             for r in featured])
         lines += [""]
-    lines += [f"- {md(v)}" for v in _verdicts(content)] or ["- " + md(content.baseline_note)]
+    lines += [f"- {md(v)}" for v in verdict_sentences(content)] or ["- " + md(content.baseline_note)]
     if len(arms) < len(content.arms):
         lines += ["", f"_Tables and verdicts show {len(arms)} of {len(content.arms)} arms: the baseline "
                       f"and the best by {HELDOUT}; index.html, runs.csv and verdicts.csv have all of them._"]
@@ -311,6 +321,11 @@ def write_markdown(content: ReportContent, path: Path) -> None:
         ["arm", "n", *ARM_METRICS, "differs from the baseline" if content.baseline else "settings that vary"],
         [[link(r["arm"], r["url"]) + (" (baseline)" if r["baseline"] else ""), r["n"],
           *(md(" ".join(r[m]).strip()) for m in ARM_METRICS), md(r["settings"])] for r in arm_rows(content, arms)])
+    if content.samples:
+        lines += ["", "## Samples (each arm's first seed)", ""]
+        for arm, (seed, text) in content.samples.items():
+            # A quote, escaped like every cell: generated text may hold anything, "<script>" too.
+            lines += [f"**{md(arm)}** (seed {seed}):", ""] + [f"> {md(line)}  " for line in text.splitlines()] + [""]
     lines += ["", "## Figures", ""]
     for f in content.figures:
         if f.path:
