@@ -184,18 +184,26 @@ def learning_curves(data: FigureInput) -> tuple[Figure | None, str]:
                  "mode (no dropout, no augmentation). Where the two lines part, the arm overfits.")
 
 
-def validation_curves(data: FigureInput) -> tuple[Figure | None, str]:
-    history = _shown_history(data, "val_loss")
+def _overlaid(data: FigureInput, metric: str, ylabel: str, band: bool) -> tuple[Figure, pd.DataFrame] | None:
+    """Every shown arm's `metric` over training in one panel, the baseline dashed (None: no data)."""
+    history = _shown_history(data, metric)
     if history is None:
-        return None, "no run has val_loss in its history.json"
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
+        return None
+    fig = Figure(figsize=(8, 4.6), layout="constrained")
     ax = fig.subplots()
     for arm, color in data.colors.items():
-        _curves(ax, history, "val_loss", arm, color, _short(arm), "--" if arm == data.baseline else "-",
-                band=False)
+        _curves(ax, history, metric, arm, color, _short(arm), "--" if arm == data.baseline else "-", band=band)
     ax.set_xlabel(_x_label(history))
-    ax.set_ylabel("validation loss (nats/char)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="best")
+    return fig, history
+
+
+def validation_curves(data: FigureInput) -> tuple[Figure | None, str]:
+    drawn = _overlaid(data, "val_loss", "validation loss (nats/char)", band=False)
+    if drawn is None:
+        return None, "no run has val_loss in its history.json"
+    fig, history = drawn
     return fig, ("Every arm's validation loss, mean over seeds (the baseline dashed"
                  + (f"; each seed thin for arms with fewer than {MIN_SEEDS}" if
                     (history.groupby("arm")["run_id"].nunique() < MIN_SEEDS).any() else "")
@@ -232,17 +240,11 @@ def paired_differences(data: FigureInput) -> tuple[Figure | None, str]:
 
 
 def gap_curves(data: FigureInput) -> tuple[Figure | None, str]:
-    history = _shown_history(data, "gap")
-    if history is None:
+    drawn = _overlaid(data, "gap", "val_loss - train_eval_loss (nats)", band=True)
+    if drawn is None:
         return None, "no run has gap in its history.json"
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for arm, color in data.colors.items():
-        _curves(ax, history, "gap", arm, color, _short(arm), "--" if arm == data.baseline else "-")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel(_x_label(history))
-    ax.set_ylabel("val_loss - train_eval_loss (nats)")
-    ax.legend(fontsize=8, loc="best")
+    fig, history = drawn
+    fig.axes[0].axhline(0, color="black", lw=0.6)
     return fig, f"The overfitting gap per arm, {_spread_note(history)}; the baseline dashed."
 
 
