@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -49,6 +50,13 @@ def complete_by_cell(study):
         key = (t.user_attrs["arm"], t.user_attrs["seed"])
         out[key] = out.get(key, 0) + 1
     return out
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits, undelivered, on process `pid` (a stopped process keeps it pending)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = int(next(line.split()[1] for line in status.splitlines() if line.startswith("ShdPnd:")), 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
 def stopped_mid_trial(study_name: str, storage_url: str, deadline: float, pid: int | None = None):

@@ -24,6 +24,8 @@ from harness.search_space import parse_search_spec
 from harness.storage import default_storage, load_study
 from harness.tracking import local_artifact_dir
 
+from test_ablation import sigterm_pending, stopped_mid_trial
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SPACE = {
@@ -247,10 +249,15 @@ def test_importance_and_figures_handle_few_and_enough_trials():
         assert table.iloc[0]["param"] == "model.dropout"
         if evaluator == "fanova":
             assert "schedule.step_size" not in set(table["param"]) and "leaves out" in notes[0]
-        assert importance(table, evaluator) is not None
+        bars = [p.get_width() for p in importance(table, evaluator).axes[0].patches if p.get_height() > 0]
+        assert sorted(bars) == pytest.approx(sorted(table["importance"]))  # one bar per importance
     frame = trials_frame(study.get_trials(), spec)
-    assert history(frame, spec.objective.names) is not None
-    assert intermediate({t.number: (t.state.name, t.intermediate_values) for t in study.trials}, "v") is not None
+    (best,) = [line for line in history(frame, spec.objective.names).axes[0].lines if line.get_label() == "best so far"]
+    values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
+    assert list(best.get_ydata()) == pytest.approx([min(values[:i + 1]) for i in range(len(values))])
+    drawn = intermediate({t.number: (t.state.name, t.intermediate_values) for t in study.trials}, "v")
+    curves = sorted(float(line.get_ydata()[0]) for line in drawn.axes[0].lines if len(line.get_ydata()))
+    assert curves == [1.0 + i for i in range(12)]  # one curve per trial, at the value it reported
 
 
 def reservation_study(spec, target: int) -> optuna.Study:
@@ -413,12 +420,23 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
         except UsageError:  # not created yet
             continue
     assert finished >= 2, "no trial finished"
+    # Ctrl-C while a worker is mid-trial, made certain: that worker is frozen holding its trial,
+    # and continued only once the driver's SIGTERM waits for it (it dies without running on).
+    held = stopped_mid_trial("tiny", default_storage(), deadline)
+    pid = held.system_attrs["harness.worker"]["pid"]
     driver.send_signal(signal.SIGINT)
+    while not sigterm_pending(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGCONT)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, out
     study = load_study("tiny", default_storage())
-    # The driver failed its workers' trials, except one popped in the instant before its worker
-    # named itself on it: that one is reaped after the grace period (shortened here).
+    # The driver failed its workers' trials at once, the frozen one's among them, and closed its run;
+    # a trial popped in the instant before its worker named itself on it is reaped after the grace period.
+    stopped = study.trials[held.number]
+    assert stopped.state == TrialState.FAIL and "is gone" in stopped.system_attrs["harness.reaped"]
+    run = store().get_run(held.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "worker died" in run.data.tags["harness.reason"]
     assert all("harness.worker" not in t.system_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
     before = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
