@@ -52,11 +52,16 @@ def complete_by_cell(study):
     return out
 
 
-def sigterm_pending(pid: int) -> bool:
-    """Whether SIGTERM waits, undelivered, on process `pid` (a stopped process keeps it pending)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    pending = int(next(line.split()[1] for line in status.splitlines() if line.startswith("ShdPnd:")), 16)
-    return bool(pending & (1 << (signal.SIGTERM - 1)))
+def sigterm_reached(pid: int) -> bool:
+    """Whether a SIGTERM reached the stopped process `pid`: it is gone (SIGTERM's default action
+    kills even a stopped process) or the signal waits on it (when it has a handler)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return fields["State"].split()[0] in ("Z", "X") or bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
 def stopped_mid_trial(study_name: str, storage_url: str, deadline: float, pid: int | None = None):

@@ -1,6 +1,7 @@
 """Optuna searches: spec validation, the conditional space, the exact total with several workers,
 pruning and failures in Optuna and MLflow, interrupt and rerun, two objectives, confirmation."""
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from harness.search_space import parse_search_spec
 from harness.storage import default_storage, load_study
 from harness.tracking import local_artifact_dir
 
-from test_ablation import sigterm_pending, stopped_mid_trial
+from test_ablation import sigterm_reached, stopped_mid_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -420,14 +421,15 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
         except UsageError:  # not created yet
             continue
     assert finished >= 2, "no trial finished"
-    # Ctrl-C while a worker is mid-trial, made certain: that worker is frozen holding its trial,
-    # and continued only once the driver's SIGTERM waits for it (it dies without running on).
+    # Ctrl-C while a worker is mid-trial, made certain: that worker is frozen holding its trial
+    # until the driver's SIGTERM has reached it (it dies without running on).
     held = stopped_mid_trial("tiny", default_storage(), deadline)
     pid = held.system_attrs["harness.worker"]["pid"]
     driver.send_signal(signal.SIGINT)
-    while not sigterm_pending(pid) and time.time() < deadline:
+    while not sigterm_reached(pid) and time.time() < deadline:
         time.sleep(0.1)
-    os.kill(pid, signal.SIGCONT)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, out
     study = load_study("tiny", default_storage())
