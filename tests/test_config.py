@@ -87,3 +87,18 @@ def test_recipe_hash_ignores_only_the_seed():
     a, b = build_config({}, {"train.seed": 0}), build_config({}, {"train.seed": 1})
     assert a.hash() != b.hash() and a.recipe_hash() == b.recipe_hash()
     assert build_config({}, {"model.dropout": 0.1}).recipe_hash() != a.recipe_hash()
+
+
+def test_the_readme_shows_the_defaults_of_the_code():
+    """The README's config block (section, then its keys) states each key's default: every value
+    shown must be what Config() gives, so the documented recipe is the one that trains."""
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```yaml\ndata:", 1)[1].split("```", 1)[0]
+    shown = flatten(yaml.safe_load("data:" + block))
+    defaults = Config().flat()
+    assert len(shown) > 20 and {"schedule.name", "optim.name", "train.eval_windows"} <= set(shown)
+    assert {k: v for k, v in shown.items() if defaults.get(k, "missing") != v} == {}
