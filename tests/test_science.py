@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from harness import train as train_mod
 from harness.config import Config, build_config
 from harness.data import eval_windows
+from harness.metrics import EVAL_METRICS, HISTORY_COLUMNS, history_columns
 from harness.model import GPT, IGNORE_INDEX
 from harness.train import make_optimizer, prepare_data, train
 
@@ -214,3 +215,10 @@ def test_summary_fields_follow_the_history(tiny):
     assert s.final_test_loss == h[-1].test_loss and s.final_val_loss == h[-1].val_loss
     assert s.max_gap == pytest.approx(max(e.val_loss - e.train_eval_loss for e in h))
     assert s.n_params == result.n_params > 0
+    # history.json's columns and the live metrics are the evaluations' own values, in order.
+    cols = history_columns(h)
+    assert list(cols) == ["step", *HISTORY_COLUMNS] and cols["step"] == [e.step for e in h]
+    assert cols["gap"] == pytest.approx([e.val_loss - e.train_eval_loss for e in h])
+    assert cols["test_loss"] == [e.test_loss for e in h] and cols["epoch"] == [e.epoch for e in h]
+    assert list(h[-1].metrics()) == list(EVAL_METRICS) and "test_loss" not in h[-1].metrics()
+    assert h[-1].metrics()["gap_ratio"] == pytest.approx(h[-1].val_loss / h[-1].train_eval_loss)
