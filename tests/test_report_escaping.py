@@ -12,6 +12,7 @@ from pathlib import Path
 from report_fixtures import Store, make_ablation
 
 from harness.report import build_report
+from harness.report.render import _md_table, md
 
 ARM = "wd|0.1 \\ try <b>\nnext line\\"
 """A label with a pipe, a backslash, an HTML tag, a newline, and a backslash at its very end."""
@@ -48,6 +49,18 @@ def tables(markdown: str) -> list[list[str]]:
             blocks[-1].append(line)
         previous = is_row
     return blocks
+
+
+def test_a_cell_of_any_text_keeps_its_row_and_its_text() -> None:
+    """md() and _md_table directly (the fast check; the test below goes through a whole report)."""
+    texts = [ARM, ERROR, "plain", "\\", "|", "a\r\nb", "<script>x</script>", ""]
+    header, *rows = _md_table(["a", "b"], [[md(t), md("x")] for t in texts])
+    assert len(rows) == len(texts) + 1 and all("\n" not in r for r in rows)
+    for text, row in zip(texts, rows[1:]):
+        first, second = cells(row)
+        assert unescape(first.strip()) == " ".join(text.split()) and second.strip() == "x"
+        assert "<" not in first.replace("\\<", "") and ">" not in first.replace("\\>", "")
+    assert cells(header) == [" a ", " b "]
 
 
 def test_markdown_tables_survive_pipes_backslashes_and_newlines(tmp_path: Path) -> None:
