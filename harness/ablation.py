@@ -10,11 +10,12 @@ from optuna.trial import TrialState
 
 from harness.errors import UsageError
 from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
+from harness.mlflow_ui import DEFAULT_UI_URL, experiment_url
 from harness.paths import mlruns_dir
 from harness.run import preflight
 from harness.spec import AblationSpec, cell_config, load_spec
 from harness.storage import default_storage, open_storage
-from harness.study import (CELL_STATES, DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
+from harness.study import (DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
                            reap_dead, trials_by_cell, write_arm_summaries)
 from harness.tracking import init_store
 from harness.worker import DataCache
@@ -46,10 +47,13 @@ def describe(spec: AblationSpec) -> str:
 
 def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, dry_run: bool,
                  allow_large: bool) -> int:
-    spec = load_spec(spec_path, allow_large=allow_large)
+    spec = load_spec(spec_path, allow_large=allow_large or dry_run)  # a dry run says when --yes is needed
     check_cells(spec)
     if dry_run:
+        from harness.plan import describe_plan
+
         print(describe(spec))
+        print(describe_plan(spec, storage_url or default_storage(), workers, yes=allow_large))
         return 0
     url = storage_url or default_storage()
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
@@ -78,13 +82,17 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
               f"{', ...' if len(missing) > 5 else ''}); run the same command again to retry them")
         return 1
     write_arm_summaries(study, client)
-    client.set_terminated(info(study)["parent_run_id"], status="FINISHED")
+    parent = info(study)["parent_run_id"]
+    if client.get_run(parent).info.status != "FINISHED":  # a rerun with nothing to do writes nothing
+        client.set_terminated(parent, status="FINISHED")
     diverged = [k for k, s in status.items() if s == "diverged"]
     if diverged:
         print(f"{len(diverged)} cell(s) diverged (non-finite loss, {DIVERGED_ATTEMPTS} tries each): "
               f"{', '.join(diverged[:5])}{', ...' if len(diverged) > 5 else ''}; a result of their recipe, "
               f"listed in each arm summary's harness.diverged tag")
-    print(f"study {spec.name} complete: ablate report {spec.name}   |   ablate ui")
+    exp_id = client.get_experiment_by_name(spec.name).experiment_id
+    print(f"study {spec.name} complete: ablate report {spec.name}\n"
+          f"  in the MLflow UI (start it with ablate ui): {experiment_url(DEFAULT_UI_URL, exp_id)}")
     return 0
 
 
@@ -104,25 +112,3 @@ def cells_table(study) -> str:
                      attrs.get("mlflow_run_id", "-")))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def print_status(name: str, storage_url: str | None) -> int:
-    from harness.storage import load_study
-    from harness.study import status_by_arm
-
-    study = load_study(name, storage_url or default_storage(), create=False)
-    if info(study)["type"] != "ablation":
-        by_state: dict[str, int] = {}
-        for trial in study.get_trials(deepcopy=False):
-            by_state[trial.state.name] = by_state.get(trial.state.name, 0) + 1
-        print(f"search {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
-        return 0
-    counts = status_by_arm(study)
-    cols = CELL_STATES
-    width = max([len("arm")] + [len(a) for a in counts])
-    print(f"{'arm':<{width}}  " + "  ".join(f"{c:>8}" for c in cols))
-    for arm, row in counts.items():
-        print(f"{arm:<{width}}  " + "  ".join(f"{row[c]:>8}" for c in cols))
-    total = {c: sum(r[c] for r in counts.values()) for c in cols}
-    print(f"{'total':<{width}}  " + "  ".join(f"{total[c]:>8}" for c in cols))
-    return 0

@@ -11,8 +11,7 @@ import sys
 from typing import Callable
 
 from harness.errors import UsageError
-
-UI_HOST, UI_PORT = "127.0.0.1", 5000
+from harness.mlflow_ui import DEFAULT_UI_URL, UI_HOST, UI_PORT, run_url
 STORAGE_HELP = ("Optuna storage URL (default: $ABLATE_STORAGE, else journal:mlruns/optuna.journal; "
                 "the variable keeps a password off the command line)")
 
@@ -64,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run {outcome.run_id} {outcome.status} (experiment {experiment!r})")
     print(f"  best val loss {s.best_val_loss:.4f} at epoch {s.best_epoch:g}; there: test loss {s.test_loss:.4f}, "
           f"gap on test {s.test_gap:.4f}; final gap {s.final_gap:.4f}; {s.wall_s:.1f} s, {s.n_params:,} parameters")
-    print(f"  open it: ablate ui, then http://{UI_HOST}:{UI_PORT}/#/experiments/{exp_id}/runs/{outcome.run_id}")
+    print(f"  open it: ablate ui, then {run_url(DEFAULT_UI_URL, exp_id, outcome.run_id)}")
     return 0
 
 
@@ -81,7 +80,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                         "cannot be called generalizes-better)")
     p.add_argument("--group-by", default="harness.arm",
                    help="tag (or params.KEY) that names a run's arm, for loose ablate train runs")
-    p.add_argument("--ui-url", default=f"http://{UI_HOST}:{UI_PORT}", help="MLflow UI address for links")
+    p.add_argument("--ui-url", default=DEFAULT_UI_URL,
+                   help=f"address of the MLflow UI the report links to (default {DEFAULT_UI_URL}, where "
+                        f"ablate ui serves it; e.g. http://HOST:5000 for a shared tracking server)")
     p.set_defaults(func=cmd_report)
 
 
@@ -106,19 +107,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare and describe a corpus")
     p.add_argument("--corpus", help="shakespeare (default), tinyshakespeare, or file:PATH")
-    p.add_argument("--config", help="take data.* from this config")
+    p.add_argument("--config", help="take data.* from this config, or from the base recipe of this "
+                                    "study spec (experiments/NAME.yaml, studies/NAME.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_data)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from harness.config import load_config, parse_set_args
+    from harness.config import build_config, load_config, parse_set_args, read_yaml
     from harness.train import prepare_data
 
     overrides = parse_set_args(args.overrides)
     if args.corpus:
         overrides["data.corpus"] = args.corpus
-    cfg = load_config(args.config, overrides)
+    raw = read_yaml(args.config) if args.config else None
+    if isinstance(raw, dict) and {"name", "base"} <= set(raw):  # a study spec: its base recipe's data
+        if not isinstance(raw["base"] or {}, dict):
+            raise UsageError("base: must be a mapping of config sections (data, model, optim, ...)")
+        cfg = build_config(raw["base"] or {}, overrides, where="base: ")
+        print(f"study       {raw['name']} (the data of its base recipe)")
+    else:
+        cfg = load_config(args.config, overrides)
     data = prepare_data(cfg)
     c = data.corpus
     print(f"corpus      {c.name}")
@@ -154,7 +163,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="experiments/NAME.yaml")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     p.add_argument("--storage", help=STORAGE_HELP)
-    p.add_argument("--dry-run", action="store_true", help="print the arms and cells, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the arms, the cells already done and an estimated wall time; run nothing")
     p.add_argument("--yes", action="store_true", help="allow a study of more than 100 runs")
     p.set_defaults(func=cmd_run)
 
@@ -163,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.ablation import run_ablation
 
     _positive("--workers", args.workers)
-    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes or args.dry_run)
+    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes)
 
 
 def _positive(option: str, value: int | None) -> None:
@@ -218,7 +228,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.ablation import print_status
+    from harness.status import print_status
 
     return print_status(args.name, args.storage)
 
@@ -227,9 +237,20 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train, _add_run, _add_search, _add_worker, _add_status, _add_report, _add_data, _add_ui]
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml), read from its metadata: no import cost."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ablate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablate", description="Ablation studies of regularization in a character Transformer LM.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

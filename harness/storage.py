@@ -21,7 +21,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from harness.errors import UsageError
 from harness.paths import mlruns_dir
-from harness.tracking import redact, scrub
 
 ALLOWED = "journal:PATH, or postgresql+psycopg2://user:password@host:port/database"
 STORAGE_ENV = "ABLATE_STORAGE"
@@ -53,12 +52,17 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
             return RDBStorage(url, engine_kwargs={"connect_args": _connect_args(url),
                                                   "pool_pre_ping": True})
         except Exception as exc:  # sqlalchemy raises many kinds for a dead or wrong server
+            # harness.tracking (MLflow) loads only to word an error: `ablate status` starts without it.
+            from harness.tracking import redact, scrub
+
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "DB access module" in reason or isinstance(exc, ImportError):
                 scheme = url.split("://", 1)[0]
                 raise UsageError(f"--storage {redact(url)!r}: the database driver for {scheme}:// is not "
                                  f"installed; allowed: {ALLOWED} (psycopg2 ships with ablate)") from None
             raise UsageError(f"--storage {redact(url)!r} does not answer: {scrub(reason, url)}") from None
+    from harness.tracking import redact
+
     raise UsageError(f"--storage {redact(url)!r}: unknown kind of storage; allowed: {ALLOWED}")
 
 
@@ -131,6 +135,8 @@ def load_study(name: str, url: str, create: bool = True) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
+        from harness.tracking import redact
+
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UsageError(f"no study {name!r} in storage {redact(url)!r}; studies there: "
                          f"{', '.join(sorted(names)) or 'none'}") from None

@@ -12,25 +12,26 @@ study type, each arm's config, the seeds, the MLflow experiment and the parent r
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from mlflow.entities import Metric, RunTag
-from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
 from harness.config import Config, build_config, flatten
 from harness.errors import UsageError
 from harness.liveness import is_dead
 from harness.spec import AblationSpec
-from harness.tracking import experiment_id, redact
+
+if TYPE_CHECKING:  # MLflow (and scipy) load where used: `ablate status` reads Optuna alone
+    from mlflow.tracking import MlflowClient
 
 ATTR = "harness"
 RETIRED = "harness.retired_trials"
@@ -39,6 +40,9 @@ ARM_SUMMARY_METRICS = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", 
 REPORTED = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap", "max_gap", "overfit_onset",
             "wall_s")
 """Summary metrics copied onto a finished cell's trial (what `ablate status` and searches read)."""
+CELL_OBJECTIVE = "best_val_loss of one cell (arm x seed)"
+"""The objective's name in Optuna (optuna-dashboard shows it): an ablation's trials are cells,
+so its "best trial" is one seed of one arm; arms are compared by `ablate report`."""
 
 
 def info(study: optuna.Study) -> dict[str, Any]:
@@ -116,19 +120,37 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
     if existing is None:
         with created_study(storage, spec.name, ["minimize"], client) as (study, made):
             _create_parent(client, spec, storage_url, made)
-            study.set_user_attr(ATTR, _ablation_meta(spec, made[0], {"arms": {}}))
+            meta = _ablation_meta(spec, made[0], {"arms": {}})
+            meta["arm_runs"] = _create_arm_runs(client, meta, {}, made)
+            study.set_user_attr(ATTR, meta)
+            _name_objective(study)
+            _set_study_view(client, meta)
             enqueue_missing(study, retry_failed=True)
         return study
     if info(existing).get("type") != "ablation":
         raise UsageError(f"study {spec.name!r} exists and is a {info(existing).get('type')}, "
                          f"not an ablation; rename the spec")
     check_spec_unchanged(existing, spec)
+    # A rerun writes only what is new (arms, cells): with nothing to run it writes nothing.
     previous = info(existing)
-    existing.set_user_attr(ATTR, _ablation_meta(spec, previous["parent_run_id"], previous))
-    client.update_run(previous["parent_run_id"], status="RUNNING")
+    meta = _ablation_meta(spec, previous["parent_run_id"], previous)
+    meta["arm_runs"] = _create_arm_runs(client, meta, previous.get("arm_runs", {}), [])
+    if json.loads(json.dumps(meta)) != previous:
+        existing.set_user_attr(ATTR, meta)
+    if existing.metric_names is None:  # a study created before the objective had a name
+        _name_objective(existing)
+    _set_study_view(client, meta)
     retire_deleted_runs(existing, client)
     enqueue_missing(existing, retry_failed=True)
+    if any(state not in SETTLED for state in cell_status(existing).values()):
+        client.update_run(previous["parent_run_id"], status="RUNNING")
     return existing
+
+
+def _name_objective(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([CELL_OBJECTIVE])
 
 
 def _ablation_meta(spec: AblationSpec, parent: str, previous: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +200,8 @@ def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str, m
     """The study's parent run, listed in `made` as soon as it exists (see created_study)."""
     import yaml
 
+    from harness.tracking import experiment_id, redact
+
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
         "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "ablation",
         "harness.baseline_arm": spec.baseline, "harness.storage": redact(storage_url),
@@ -189,6 +213,71 @@ def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str, m
     made.append(run.info.run_id)
     client.log_text(run.info.run_id, yaml.safe_dump(spec_doc, sort_keys=False), "spec.yaml")
     return run.info.run_id
+
+
+def _create_arm_runs(client: MlflowClient, meta: dict[str, Any], known: dict[str, str],
+                     made: list[str]) -> dict[str, str]:
+    """Each arm's run (harness.kind=arm-summary): a child of the study run and the parent of the
+    arm's seed runs, so MLflow nests study -> arm -> seeds. Returns label -> run id.
+
+    Arms in `known` keep their run; an arm of an older study whose summary run exists (found by
+    its tags) adopts it; the others get a new run, listed in `made` (see created_study). The run
+    holds the arm's recipe as params (every key but train.seed, so the same params columns fill
+    as for its seed runs) and says in its note what the arm changes; write_arm_summaries adds
+    the means over seeds when the study completes.
+    """
+    from harness.tracking import RunTracker, experiment_id
+
+    runs = dict(known)
+    missing = [label for label in meta["arms"] if label not in runs]
+    if not missing:
+        return runs
+    exp_id = experiment_id(client, meta["experiment"])
+    adopted = {r.data.tags.get("harness.arm"): r.info.run_id for r in client.search_runs(
+        [exp_id], "tags.`harness.kind` = 'arm-summary'")}
+    for label in missing:
+        if label in adopted:
+            runs[label] = adopted[label]
+            continue
+        run = client.create_run(exp_id, run_name=f"arm {label}", tags={
+            "harness.kind": "arm-summary", "harness.study": meta["experiment"], "harness.arm": label,
+            "mlflow.parentRunId": meta["parent_run_id"],
+            "mlflow.note.content": f"Arm `{label}` of study `{meta['experiment']}`: {arm_changes(meta, label)}. "
+                                   f"Its seed runs are nested below it; the means over seeds are written here "
+                                   f"when the study completes."})
+        made.append(run.info.run_id)
+        params = {k: v for k, v in flatten(meta["arms"][label]["config"]).items() if k != "train.seed"}
+        RunTracker(client, run.info.run_id).log_params(params)
+        runs[label] = run.info.run_id
+    return runs
+
+
+def arm_changes(meta: dict[str, Any], label: str) -> str:
+    """What arm `label` changes against the study's baseline, as 'key=value, ...'."""
+    if label == meta["baseline"]:
+        return "the baseline"
+    base = flatten(meta["arms"][meta["baseline"]]["config"])
+    own = flatten(meta["arms"][label]["config"])
+    changed = [f"{k}={own.get(k)}" for k in sorted(set(base) | set(own))
+               if k != "train.seed" and base.get(k) != own.get(k)]
+    return ", ".join(changed) or "the baseline's recipe"
+
+
+def differing_params(meta: dict[str, Any]) -> list[str]:
+    """The config keys whose value differs between the study's arms (the seed left out)."""
+    flats = [flatten(arm["config"]) for arm in meta["arms"].values()]
+    keys = sorted({k for flat in flats for k in flat} - {"train.seed"})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def _set_study_view(client: MlflowClient, meta: dict[str, Any]) -> None:
+    """The study's runs table in the MLflow UI (harness.mlflow_ui): grouped by arm, the verdict
+    metrics and the params that differ between arms as columns."""
+    from harness.mlflow_ui import ablation_view, set_view
+    from harness.tracking import experiment_id
+
+    set_view(client, experiment_id(client, meta["experiment"]),
+             ablation_view(ARM_SUMMARY_METRICS, differing_params(meta)))
 
 
 # --- the queue --------------------------------------------------------------------------------
@@ -259,6 +348,8 @@ STALE = "trial was reaped as stale while it ran"
 
 def close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     """End an MLflow run as KILLED with harness.reason saying why."""
+    from mlflow.entities import RunTag
+
     client.log_batch(run_id, tags=[RunTag("harness.reason", reason)])
     client.set_terminated(run_id, status="KILLED")
 
@@ -338,6 +429,8 @@ def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:
 
 def mean_ci(values: list[float]) -> dict[str, float]:
     """Mean, std, n and the t-based 95% confidence interval of the mean."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     n = len(x)
     mean = float(x.mean())
@@ -347,14 +440,17 @@ def mean_ci(values: list[float]) -> dict[str, float]:
 
 
 def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, dict[str, float]]:
-    """One MLflow run per arm (tag harness.kind=arm-summary) with mean/std/n/CI over seeds.
+    """Each arm's run (harness.kind=arm-summary) gets the mean over its finished seeds of every
+    ARM_SUMMARY_METRICS under the runs' own names (so the runs table's columns fill for arms as
+    for seeds), `n_seeds`, and a note with the std and 95% CI. Returns arm -> those metrics.
 
-    Re-running a completed study updates the same summary runs instead of adding new ones.
+    Writes only what changed: re-running a completed study with nothing new writes nothing. An
+    arm without a run (a study created before arms had runs) gets one under the study run.
     """
+    from mlflow.entities import Metric, RunTag
+
     meta = info(study)
-    exp_id = experiment_id(client, meta["experiment"])
-    existing = {r.data.tags.get("harness.arm"): r.info.run_id for r in client.search_runs(
-        [exp_id], "tags.`harness.kind` = 'arm-summary'")}
+    runs = _create_arm_runs(client, meta, meta.get("arm_runs", {}), [])
     by_arm: dict[str, list[FrozenTrial]] = defaultdict(list)
     for trials in trials_by_cell(study).values():
         for trial in trials:
@@ -368,20 +464,34 @@ def write_arm_summaries(study: optuna.Study, client: MlflowClient) -> dict[str, 
     summaries = {}
     now = int(time.time() * 1000)
     for arm in sorted(set(by_arm) | set(diverged_seeds)):
-        trials = by_arm.get(arm, [])
-        metrics = {}
-        for name in ARM_SUMMARY_METRICS:
-            values = [t.user_attrs[name] for t in trials if name in t.user_attrs]
-            if values:
-                metrics.update({f"{name}_{k}": v for k, v in mean_ci(values).items() if not math.isnan(v)})
-        run_id = existing.get(arm) or client.create_run(exp_id, run_name=f"arm {arm}", tags={
-            "harness.kind": "arm-summary", "harness.study": meta["experiment"], "harness.arm": arm,
-            "mlflow.parentRunId": meta["parent_run_id"]}).info.run_id
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                         tags=[RunTag("harness.seeds", ",".join(str(t.user_attrs["seed"]) for t in
-                                                                 sorted(trials, key=lambda t: t.user_attrs["seed"]))),
-                               # the seeds whose training diverged (non-finite loss): a result, not a gap
-                               RunTag("harness.diverged", ",".join(sorted(diverged_seeds[arm], key=int)))])
-        client.set_terminated(run_id, status="FINISHED")
+        trials = sorted(by_arm.get(arm, []), key=lambda t: t.user_attrs["seed"])
+        spread = {name: mean_ci([t.user_attrs[name] for t in trials if name in t.user_attrs])
+                  for name in ARM_SUMMARY_METRICS if any(name in t.user_attrs for t in trials)}
+        metrics = {name: s["mean"] for name, s in spread.items()} | {"n_seeds": float(len(trials))}
+        tags = {"harness.seeds": ",".join(str(t.user_attrs["seed"]) for t in trials),
+                # the seeds whose training diverged (non-finite loss): a result, not a gap
+                "harness.diverged": ",".join(sorted(diverged_seeds[arm], key=int)),
+                "mlflow.note.content": _summary_note(meta, arm, spread, len(trials), diverged_seeds[arm])}
+        run = client.get_run(runs[arm])
+        new_metrics = [Metric(k, v, now, 0) for k, v in metrics.items() if run.data.metrics.get(k) != v]
+        new_tags = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+        if new_metrics or new_tags:
+            client.log_batch(run.info.run_id, metrics=new_metrics, tags=new_tags)
+        if run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, status="FINISHED")
         summaries[arm] = metrics
     return summaries
+
+
+def _summary_note(meta: dict[str, Any], arm: str, spread: dict[str, dict[str, float]], n: int,
+                  diverged: list[str]) -> str:
+    """The arm run's description (Markdown, shown on its page): what the arm changes, then mean,
+    std and 95% CI over its seeds of each summarised metric."""
+    lines = [f"Arm `{arm}` of study `{meta['experiment']}`: {arm_changes(meta, arm)}.",
+             f"Mean over {n} finished seed(s)" + (f"; diverged: seed(s) {', '.join(diverged)}" if diverged else "")
+             + ". The report (`ablate report`) compares arms paired by seed.", "",
+             "| metric | mean | std | 95% CI |", "|---|---|---|---|"]
+    for name, s in spread.items():
+        ci = "-" if math.isnan(s["ci_low"]) else f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]"
+        lines.append(f"| {name} | {s['mean']:.4f} | {s['std']:.4f} | {ci} |")
+    return "\n".join(lines)

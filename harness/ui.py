@@ -8,9 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
+from harness.mlflow_ui import VIEW_TAG, experiment_url
 from harness.tracking import init_store, redact, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+MAX_LINKS = 20
+"""Experiments `ablate ui` prints a link for (the most recently updated)."""
+DEFAULT_EXPERIMENT = "0"
 
 
 def mlflow_ui_command(host: str, port: int) -> list[str]:
@@ -36,6 +45,17 @@ def dashboard_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "harness.dashboard", "--host", host, "--port", str(port)]
 
 
+def experiment_links(client: MlflowClient, ui_url: str) -> str:
+    """One line per experiment with the address that opens its runs table (a study's grouped by
+    arm): the UI's own experiment links open MLflow 3's GenAI overview in a fresh browser."""
+    lines = ["open a study's runs here (the UI's experiment list leads to its GenAI overview):"]
+    for exp in client.search_experiments(order_by=["last_update_time DESC"], max_results=MAX_LINKS):
+        if exp.experiment_id == DEFAULT_EXPERIMENT and not client.search_runs([exp.experiment_id], max_results=1):
+            continue  # MLflow's own empty "Default"
+        lines.append(f"  {exp.name}: {experiment_url(ui_url, exp.experiment_id, view=VIEW_TAG in exp.tags)}")
+    return "\n".join(lines) if len(lines) > 1 else "no experiments yet"
+
+
 def serve(host: str, port: int, optuna: bool = False, storage: str | None = None) -> int:
     """Run the UI(s) in the foreground until Ctrl-C."""
     from harness.storage import STORAGE_ENV, default_storage, open_storage
@@ -49,9 +69,10 @@ def serve(host: str, port: int, optuna: bool = False, storage: str | None = None
         open_storage(url, create=storage is None)
         env[STORAGE_ENV] = url
         commands.append(dashboard_command(host, port + 1))
-    init_store()  # a fresh project gets its database before the server opens it
+    client = init_store()  # a fresh project gets its database before the server opens it
     commands.insert(0, mlflow_ui_command(host, port))
     print(f"MLflow UI: http://{host}:{port}  (store {redact(tracking_uri())})", flush=True)
+    print(experiment_links(client, f"http://{host}:{port}"), flush=True)
     if optuna:
         print(f"optuna-dashboard: http://{host}:{port + 1}", flush=True)
     # Each server in its own process group: the MLflow UI runs uvicorn children that must go

@@ -63,10 +63,13 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
     (its heartbeat was missed) cannot be told COMPLETE; its MLflow run is then closed KILLED.
     """
     meta = info(study)
+    # An ablation cell nests under its arm's run (study -> arm -> seeds); a search trial, or a
+    # cell of a study created before arms had runs, under the study's run.
+    parent = meta.get("arm_runs", {}).get(tags.get("harness.arm"), meta["parent_run_id"])
     beat = Heartbeat(study, trial._trial_id)
     try:
         outcome = run_tracked(
-            cfg, client, meta["experiment"], run_name=run_name, parent_run_id=meta["parent_run_id"],
+            cfg, client, meta["experiment"], run_name=run_name, parent_run_id=parent,
             tags={"harness.study": study.study_name, "optuna.trial_number": trial.number, **tags},
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             should_stop=should_stop, dataset=data.get(cfg))

@@ -132,10 +132,12 @@ def test_every_arm_and_run_links_to_mlflow(ablation, store):
     page = result.index_html.read_text(encoding="utf-8")
     exp = ids["experiment_id"]
     for run_id in ids["runs"]:
-        assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}"' in page
+        assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning"' in page
     # The baseline has an arm-summary run: its arm links there.
-    assert f'<a href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{ids["excluded"]["summary"]}">baseline</a>' in page
-    assert f"#/experiments/{exp}?searchFilter=attributes.run_id%20IN" in page
+    assert (f'<a href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{ids["excluded"]["summary"]}'
+            f'?workflowType=machine_learning">baseline</a>') in page
+    # Every address opens MLflow 3's model-training view (not its GenAI overview).
+    assert f"#/experiments/{exp}/runs?workflowType=machine_learning&amp;searchFilter=attributes.run_id%20IN" in page
 
 
 def test_names_from_runs_are_escaped(ablation):

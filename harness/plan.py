@@ -1,0 +1,106 @@
+"""`ablate run --dry-run`: what the run would do, without doing it.
+
+Which cells the study already has done (read from its Optuna storage, never creating it), how
+long the rest should take, and whether the run needs --yes. The estimate of one cell's wall time
+comes from the study's own finished cells when there are any (start to completion of their
+trials: training, evaluation, logging), else from a measured calibration: the baseline arm
+trained for a tenth of its epochs here, scaled to its budget (training and evaluation only; an
+arm that augments or drops out costs a little more).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from harness.errors import UsageError
+from harness.spec import LARGE_STUDY_CELLS, AblationSpec, cell_config
+
+CALIBRATION_FRACTION = 0.1
+"""The share of the baseline's epochs trained to calibrate the estimate when nothing finished yet."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    cell_s: float
+    """Wall seconds of one cell on one worker."""
+    basis: str
+    """Where `cell_s` comes from, for the user."""
+
+
+def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], list[float], str | None]:
+    """Each cell of `spec` with its state in the stored study ('missing' when there is no study),
+    the wall seconds of the study's finished cells, and why the storage could not be read (or None).
+    """
+    from optuna.trial import TrialState
+
+    from harness.storage import load_study
+    from harness.study import cell_status, trials_by_cell
+
+    missing = {cell.key: "missing" for cell in spec.cells}
+    try:
+        study = load_study(spec.name, storage_url, create=False)
+    except UsageError as exc:
+        not_there = "no study" in str(exc) or "there is no journal" in str(exc)
+        return missing, [], None if not_there else str(exc)
+    known = cell_status(study)
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds()
+                 for trials in trials_by_cell(study).values() for t in trials
+                 if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+    return {key: known.get(key, "missing") for key in missing}, durations, None
+
+
+def calibrate(spec: AblationSpec, threads: int) -> Estimate:
+    """Train the baseline arm (its first seed) for CALIBRATION_FRACTION of its epochs, untracked,
+    and scale the time to the full budget."""
+    from harness.config import build_config
+    from harness.train import train
+
+    arm = spec.arm(spec.baseline)
+    full = cell_config(arm.config, spec.seeds[0])
+    epochs = max(1, math.ceil(full.train.epochs * CALIBRATION_FRACTION))
+    short = build_config(full.to_dict(), {"train.epochs": epochs, "train.threads": full.train.threads or threads,
+                                          "train.save_checkpoint": False})
+    start = time.perf_counter()
+    train(short)
+    took = time.perf_counter() - start
+    cell_s = took * full.train.epochs / epochs
+    return Estimate(cell_s, f"measured: {epochs} of {full.train.epochs} epochs of arm {arm.label!r} took "
+                            f"{took:.1f} s at {short.train.threads} thread(s)")
+
+
+def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes: bool) -> str:
+    """The dry run's lines after the arms table: done cells, the estimate (for `workers`, by
+    default one per core, as the run would start them), the --yes note."""
+    from harness.launch import default_workers, threads_per_worker
+
+    states, durations, unreadable = cell_states(spec, storage_url)
+    lines = []
+    if unreadable:
+        lines.append(f"cannot read the study's storage ({unreadable}); counting every cell as to run")
+    todo = [key for key, state in states.items() if state not in ("done", "diverged")]
+    done = len(states) - len(todo)
+    lines.append(f"{done} of {len(states)} cells already done; {len(todo)} to run")
+    for arm in spec.arms:
+        finished = [str(seed) for seed in spec.seeds if states[f"{arm.label}/seed={seed}"] in ("done", "diverged")]
+        if finished:
+            lines.append(f"  {arm.label}: seeds {','.join(finished)} done")
+    if todo:
+        n = workers or default_workers(len(todo))
+        estimate = (Estimate(sum(durations) / len(durations), f"from {len(durations)} finished cell(s) of this study")
+                    if durations else calibrate(spec, threads_per_worker(n)))
+        wall = math.ceil(len(todo) / n) * estimate.cell_s  # n cells at a time
+        lines.append(f"estimated wall time: {format_duration(wall)} with {n} worker(s) "
+                     f"(about {estimate.cell_s:.0f} s per cell; {estimate.basis})")
+    if len(spec.cells) > LARGE_STUDY_CELLS and not yes:
+        lines.append(f"{len(spec.cells)} runs is more than {LARGE_STUDY_CELLS}: the real run needs --yes")
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '2 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60:02d} min"

@@ -1,0 +1,31 @@
+"""`ablate status`: where a study stands, read from its Optuna storage alone.
+
+Kept apart from the modules that train or track (torch, MLflow, matplotlib take seconds to
+import on a small machine) so the command answers in about a second.
+"""
+
+from __future__ import annotations
+
+from harness.storage import default_storage, load_study
+from harness.study import CELL_STATES, info, status_by_arm
+
+
+def print_status(name: str, storage_url: str | None) -> int:
+    """Cells per arm and state (an ablation), or trials per state (a search): read-only, and
+    fast to start (Optuna alone: no torch, no MLflow)."""
+    study = load_study(name, storage_url or default_storage(), create=False)
+    if info(study)["type"] != "ablation":
+        by_state: dict[str, int] = {}
+        for trial in study.get_trials(deepcopy=False):
+            by_state[trial.state.name] = by_state.get(trial.state.name, 0) + 1
+        print(f"search {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())))
+        return 0
+    counts = status_by_arm(study)
+    cols = CELL_STATES
+    width = max([len("arm")] + [len(a) for a in counts])
+    print(f"{'arm':<{width}}  " + "  ".join(f"{c:>8}" for c in cols))
+    for arm, row in counts.items():
+        print(f"{arm:<{width}}  " + "  ".join(f"{row[c]:>8}" for c in cols))
+    total = {c: sum(r[c] for r in counts.values()) for c in cols}
+    print(f"{'total':<{width}}  " + "  ".join(f"{total[c]:>8}" for c in cols))
+    return 0
