@@ -190,3 +190,30 @@ def test_compare_averages_runs_of_one_arm_sharing_a_seed_and_skips_unseeded_runs
     row = compare(runs, ["baseline", "a"], "baseline", "final_gap").iloc[0]
     # Seed 0: mean(0.5, 1.5) - 1.0 = 0; seed 1: 1.0 - 2.0 = -1; the unseeded run is ignored.
     assert row["n"] == 2 and row["mean_diff"] == pytest.approx(-0.5) and row["n_better"] == 1
+
+
+def test_curve_bands_are_sorted_and_drop_only_missing_values():
+    """Groups come out sorted by arm and step whatever the input order, and only a missing value
+    of the metric drops a row (a missing epoch does not)."""
+    history = pd.DataFrame({"arm": ["b", "a", "a", "a"], "step": [5, 20, 10, 10], "gap": [4.0, 2.0, 1.0, np.nan],
+                            "epoch": [0.5, 2.0, np.nan, 1.0]})
+    bands = curve_bands(history, "gap")
+    assert list(zip(bands["arm"], bands["step"], bands["n"])) == [("a", 10, 1), ("a", 20, 1), ("b", 5, 1)]
+    assert list(bands["x"].iloc[1:]) == [2.0, 0.5]
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="curve_bands selects the step column twice when there is no epoch column "
+                          "(pandas: Grouper for 'step' not 1-dimensional); reported under issue 16")
+def test_curve_bands_without_epochs_use_the_step():
+    history = pd.DataFrame({"arm": ["a", "a"], "step": [10, 20], "gap": [1.0, 2.0]})
+    bands = curve_bands(history, "gap")
+    assert list(bands["x"]) == [10.0, 20.0]
+
+
+def test_pareto_front_of_plain_lists_and_of_no_point():
+    """Lists (None for a missing value) are points too; with no comparable point the front is an
+    empty index array, still usable to index."""
+    assert list(pareto_front([3, 1, None], [1, 3, 0])) == [1, 0]
+    none = pareto_front(np.array([np.nan, 1.0]), np.array([1.0, np.nan]))
+    assert none.dtype.kind == "i" and len(np.arange(2)[none]) == 0
