@@ -202,9 +202,6 @@ def test_curve_bands_are_sorted_and_drop_only_missing_values():
     assert list(bands["x"].iloc[1:]) == [2.0, 0.5]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="curve_bands selects the step column twice when there is no epoch column "
-                          "(pandas: Grouper for 'step' not 1-dimensional); reported under issue 16")
 def test_curve_bands_without_epochs_use_the_step():
     history = pd.DataFrame({"arm": ["a", "a"], "step": [10, 20], "gap": [1.0, 2.0]})
     bands = curve_bands(history, "gap")

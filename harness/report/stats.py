@@ -180,7 +180,7 @@ def curve_bands(history: pd.DataFrame, metric: str) -> pd.DataFrame:
     mean where n = 1.
     """
     x_col = "epoch" if "epoch" in history else "step"
-    frame = history[["arm", "step", x_col, metric]].dropna(subset=[metric])
+    frame = history[list(dict.fromkeys(["arm", "step", x_col, metric]))].dropna(subset=[metric])
     g = frame.groupby(["arm", "step"], sort=True)
     out = g.agg(x=(x_col, "mean"), n=(metric, "size"), mean=(metric, "mean"), sd=(metric, "std")).reset_index()
     low, high = t_interval(out["mean"], out["sd"], out["n"])
