@@ -214,3 +214,21 @@ def test_pareto_front_of_plain_lists_and_of_no_point():
     assert list(pareto_front([3, 1, None], [1, 3, 0])) == [1, 0]
     none = pareto_front(np.array([np.nan, 1.0]), np.array([1.0, np.nan]))
     assert none.dtype.kind == "i" and len(np.arange(2)[none]) == 0
+
+
+def test_arm_table_counts_text_numbers_and_only_values():
+    """Values read as text count as numbers, text that is no number counts as missing, and n is
+    a whole count (a report prints it)."""
+    runs = pd.DataFrame({"arm": ["a", "a", "a"], "final_gap": ["1.5", "2.5", "n/a"]})
+    row = arm_table(runs, ["a"], metrics=("final_gap",)).iloc[0]
+    assert (row["n"], row["mean"]) == (2, 2.0)
+    assert arm_table(runs, ["a"], metrics=("final_gap",))["n"].dtype.kind == "i"
+
+
+def test_numbers_in_words():
+    """Three significant digits; whole numbers from 1000 on; n/a for a missing value."""
+    from harness.report.verdict import number, p_text
+
+    assert [number(x) for x in (0.012345, 2.0, 999.4, 1000.0, -1234.6)] == ["0.0123", "2", "999", "1000", "-1235"]
+    assert number(float("nan")) == "n/a" and number(None) == "n/a"
+    assert [p_text(p) for p in (float("nan"), 0.0004, 0.001, 0.0312)] == ["=n/a", "<0.001", "=0.001", "=0.031"]
