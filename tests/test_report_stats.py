@@ -232,3 +232,13 @@ def test_numbers_in_words():
     assert [number(x) for x in (0.012345, 2.0, 999.4, 1000.0, -1234.6)] == ["0.0123", "2", "999", "1000", "-1235"]
     assert number(float("nan")) == "n/a" and number(None) == "n/a"
     assert [p_text(p) for p in (float("nan"), 0.0004, 0.001, 0.0312)] == ["=n/a", "<0.001", "=0.001", "=0.031"]
+
+
+def test_verdict_of_one_seed_in_full_words():
+    """A metric without a unit reads without one; a zero change on the one seed is 'same'."""
+    row = {"arm": "a", "n": 1, "mean_diff": 2.0, "ci_low": np.nan, "ci_high": np.nan, "p_holm": np.nan,
+           "n_better": 1}
+    assert verdict(row, "overfit_onset", "base") == \
+        "a delayed the overfitting onset by 2 on the one seed shared with base; one pair allows no test."
+    assert verdict({**row, "mean_diff": 0.0, "n_better": 0}, "final_gap", "base") == \
+        "a: same final gap as base on the one shared seed; one pair allows no test."
