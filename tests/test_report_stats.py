@@ -242,3 +242,14 @@ def test_verdict_of_one_seed_in_full_words():
         "a delayed the overfitting onset by 2 on the one seed shared with base; one pair allows no test."
     assert verdict({**row, "mean_diff": 0.0, "n_better": 0}, "final_gap", "base") == \
         "a: same final gap as base on the one shared seed; one pair allows no test."
+
+
+def test_verdict_at_the_thresholds_in_full_words():
+    """Five seeds are enough to declare; the interval of the change's size is oriented like the
+    verb; p_holm exactly at ALPHA is not significant."""
+    row = {"arm": "a", "n": 5, "mean_diff": -0.2, "ci_low": -0.3, "ci_high": -0.1, "p_holm": 0.01, "n_better": 5}
+    assert verdict(row, "final_gap", "base") == \
+        "a shrank the final gap by 0.2 nats [0.1, 0.3], p_holm=0.01, better on 5/5 seeds."
+    assert verdict({**row, "p_holm": 0.05}, "final_gap", "base") == \
+        "a: no clear difference in the final gap (-0.2 nats [-0.3, -0.1], p_holm=0.05, better on 5/5 seeds)."
+    assert verdict({**row, "n": 4, "n_better": 4}, "final_gap", "base").startswith("a: evidence is thin (4 paired")
