@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast system-deps clean-demo
+.PHONY: demo test test-fast mutation system-deps clean-demo
 
 demo: $(STAMP)
 	$(VENV)/bin/ablate run experiments/quick.yaml
@@ -16,6 +16,22 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# Mutation testing of the scientific core (mutmut; configuration in pyproject.toml). Slow (about
+# an hour on 2 cores), so not part of `make test`. Narrow it with, for example,
+#   make mutation MUTATION_FUNCTIONS='harness.metrics.*'
+# mutmut names a mutant module.x_function__mutmut_N (a method: module.xǁClassǁmethod__mutmut_N).
+MUTATION_FUNCTIONS ?= 'harness.metrics.*' 'harness.augment.*' 'harness.schedules.*' \
+	'harness.model.x_decay_groups*' 'harness.model.xǁGPTǁloss*' 'harness.train.x_mean_loss*' \
+	'harness.train.x_make_optimizer*' 'harness.report.stats.*' 'harness.report.verdict.x_judge*' \
+	'harness.report.verdict.x__significant*' \
+	'harness.report.verdict.x_verdict*' 'harness.report.verdict.x_number*' \
+	'harness.report.verdict.x_p_text*' 'harness.report.render.x_md*'
+MUTATION_CHILDREN ?= 2
+
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTATION_FUNCTIONS)
+	$(PY) tools/mutation_score.py $(MUTATION_FUNCTIONS)
 
 # torch first, pinned: its CPU build lies on this kind of machine, and an unpinned torch would
 # pull a multi-GB CUDA build.
