@@ -222,3 +222,25 @@ def test_summary_fields_follow_the_history(tiny):
     assert cols["test_loss"] == [e.test_loss for e in h] and cols["epoch"] == [e.epoch for e in h]
     assert list(h[-1].metrics()) == list(EVAL_METRICS) and "test_loss" not in h[-1].metrics()
     assert h[-1].metrics()["gap_ratio"] == pytest.approx(h[-1].val_loss / h[-1].train_eval_loss)
+
+
+@pytest.mark.parametrize("schedule", [{"name": "cosine", "warmup": 1, "eta_min": 0.001},
+                                      {"name": "step", "step_size": 2, "gamma": 0.5}], ids=["cosine", "step-2"])
+def test_a_resumed_run_keeps_its_schedule(tiny, schedule):
+    """The scheduler's own state travels in the checkpoint: a resumed cosine (whose next rate
+    depends on how far it is) or step-2 schedule applies the learning rates of the run never
+    interrupted, and so ends with its losses."""
+    from harness.train import Hooks, Interrupted
+
+    cfg = build_config({}, {**tiny, "train.epochs": 5, "optim.lr": 0.01, "schedule": schedule})
+    full = train(cfg)
+
+    def ctrl_c_after_epoch_2(ev: Any) -> None:
+        if ev.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stop:
+        train(cfg, Hooks(on_eval=ctrl_c_after_epoch_2))
+    resumed = train(cfg, resume=stop.value.checkpoint)
+    assert [e.lr for e in resumed.history] == pytest.approx([e.lr for e in full.history])
+    assert [e.val_loss for e in resumed.history] == [e.val_loss for e in full.history]
