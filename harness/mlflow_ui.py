@@ -82,6 +82,22 @@ def ablation_view(metrics: Iterable[str], params: Iterable[str]) -> dict:
     }
 
 
+def trials_view(metrics: list[str], params: Iterable[str]) -> dict:
+    """The shared view of a search: its trial runs, best first by the first of `metrics` (the
+    objective), with `metrics` then the held-out metrics then `params` (the searched keys) as
+    columns. Not sorted by creation time, so no collapsed study row hides the trials."""
+    shown = list(dict.fromkeys([*metrics, "test_loss", "test_gap"]))
+    columns = [f"metrics.`{m}`" for m in shown] + [f"params.`{p}`" for p in params]
+    return {
+        "searchFilter": RUNS_ONLY,
+        "orderByKey": f"metrics.`{metrics[0]}`",
+        "orderByAsc": True,
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *columns, "runDateAndNestInfo", "duration"],
+        "columnWidths": {RUN_NAME_COLUMN: 230, **dict.fromkeys(columns, 120)},
+    }
+
+
 def set_view(client: MlflowClient, experiment_id: str, view: dict) -> bool:
     """Store `view` as the experiment's shared view; writes only when it changed. Returns whether
     it wrote (a rerun of a study with nothing new writes nothing)."""

@@ -95,6 +95,7 @@ from harness.errors import UsageError
 from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
 from harness.liveness import Heartbeat
 from harness.metrics import Evaluation
+from harness.mlflow_ui import set_view, trials_view
 from harness.paths import mlruns_dir
 from harness.run import RunOutcome, preflight, run_tracked
 from harness.search_space import SearchSpec, load_search_spec, parse_search_spec
@@ -388,6 +389,7 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
                              f"space, or restore the spec to continue the old one")
         client.update_run(old["parent_run_id"], status="RUNNING")
         study.set_user_attr(ATTR, meta(old["parent_run_id"]))
+        _set_trials_view(client, spec)
         return study
     with created_study(storage, spec.name, ["minimize"] * len(spec.objective.names), client) as (study, made):
         with warnings.catch_warnings():
@@ -395,7 +397,14 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
             study.set_metric_names(spec.objective.names)
         _create_parent(client, spec, storage_url, made)
         study.set_user_attr(ATTR, meta(made[0]))
+        _set_trials_view(client, spec)
     return study
+
+
+def _set_trials_view(client: MlflowClient, spec: SearchSpec) -> None:
+    """The search's runs table in the MLflow UI (harness.mlflow_ui): trials best first."""
+    set_view(client, experiment_id(client, spec.name),
+             trials_view(spec.objective.names, [p.path for p in spec.space]))
 
 
 def _create_parent(client: MlflowClient, spec: SearchSpec, storage_url: str, made: list[str]) -> str:

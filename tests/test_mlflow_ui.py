@@ -5,8 +5,8 @@ study's runs (checked in headless Chromium against the real `ablate ui` server).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,10 +23,7 @@ from harness.storage import default_storage, load_study
 
 from postgres import free_port
 from test_ablation import write_spec
-from test_ui import get_json, leftovers
-
-LINK = re.compile(r"http://127\.0\.0\.1:\d+/#/experiments/\S+")
-
+from test_ui import get_json, leftovers_after
 
 def test_links_open_the_model_training_view_and_the_study_view():
     assert experiment_url("http://h:1/", "7") == \
@@ -37,6 +34,23 @@ def test_links_open_the_model_training_view_and_the_study_view():
     assert view["selectedColumns"] == ["metrics.`test_loss`", "metrics.`test_gap`", "params.`model.dropout`"]
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "harness.arm"}]
     assert view["searchFilter"] == "tags.`harness.kind` = 'run'"
+
+
+def test_a_search_opens_on_its_trials_best_first(project, tiny):
+    from harness.search import create_search
+    from harness.search_space import load_search_spec
+    from harness.storage import open_storage
+    from harness.tracking import init_store
+    from test_search import write_search
+
+    spec = load_search_spec(str(write_search(project, tiny)))
+    client, url = init_store(), default_storage()
+    create_search(spec, open_storage(url), url, client, 8, None)
+    view = json.loads(client.get_experiment_by_name("tiny").tags[VIEW_TAG])
+    assert view["orderByKey"] == "metrics.`best_val_loss`" and view["orderByAsc"] is True
+    assert view["searchFilter"] == "tags.`harness.kind` = 'run'"  # trial runs, not the study's
+    assert view["selectedColumns"][:3] == ["metrics.`best_val_loss`", "metrics.`test_loss`", "metrics.`test_gap`"]
+    assert {f"params.`{p.path}`" for p in spec.space} <= set(view["selectedColumns"])
 
 
 def snapshot(project: Path) -> tuple[str, bytes]:
@@ -50,7 +64,12 @@ def test_arms_nest_their_seeds_fill_the_runs_columns_and_a_rerun_writes_nothing(
     path = write_spec(project, tiny)
     assert main(["run", str(path), "--workers", "2"]) == 0
     out = capsys.readouterr().out
-    meta = load_study("tiny", default_storage()).user_attrs["harness"]
+    study = load_study("tiny", default_storage())
+    meta = study.user_attrs["harness"]
+    # optuna-dashboard names the objective; each trial carries its cell.
+    assert study.metric_names == ["best_val_loss of one cell (arm x seed)"]
+    assert {(t.user_attrs["arm"], t.user_attrs["seed"]) for t in study.trials} == \
+        {(a, s) for a in ("baseline", "dropout=0.2") for s in (0, 1)}
     client = MlflowClient(mlflow.get_tracking_uri())
     exp = client.get_experiment_by_name("tiny")
     assert experiment_url("http://127.0.0.1:5000", exp.experiment_id) in out  # the link it prints
@@ -124,13 +143,12 @@ def test_the_printed_link_opens_the_study_runs_grouped_by_arm_in_chromium(projec
         for column in ("test_loss", "test_gap", "best_val_loss", "model.dropout"):
             assert column in text
         assert "Token Usage" not in text and "Latency" not in text
+        # The model-training view, not the GenAI one showing a runs tab (its nav: Judges, Sessions).
+        assert "Model registry" in text and "Judges" not in text and "Sessions" not in text
     finally:
         server.terminate()
         server.wait(timeout=30)
-    deadline = time.time() + 30
-    while time.time() < deadline and leftovers(project):
-        time.sleep(1)
-    assert leftovers(project) == []
+    assert leftovers_after(project, 30) == []  # the UI's server processes went down with it
 
 
 def wait_for_ui(server: subprocess.Popen, base: str) -> str:

@@ -90,10 +90,15 @@ def test_ui_lists_the_study_and_its_runs(project, tiny):
         server.terminate()
         server.wait(timeout=30)
     # The UI's server processes (uvicorn, MLflow's job runners) go down with it.
-    deadline = time.time() + 30
+    assert leftovers_after(project, 30) == []
+
+
+def leftovers_after(project, wait_s: float) -> list[str]:
+    """The processes of this test's store still alive after up to `wait_s` seconds."""
+    deadline = time.time() + wait_s
     while time.time() < deadline and leftovers(project):
         time.sleep(1)
-    assert leftovers(project) == []
+    return leftovers(project)
 
 
 def leftovers(project) -> list[str]:
