@@ -109,12 +109,12 @@ def redact(url: str) -> str:
 
 def scrub(text: str, url: str) -> str:
     """`text` (an error message from a driver, say) with every secret of `url` replaced by ***."""
-    for secret in secrets_of(url):
+    for secret in _secrets_of(url):
         text = text.replace(secret, "***")
     return text
 
 
-def secrets_of(url: str) -> list[str]:
+def _secrets_of(url: str) -> list[str]:
     """The passwords and secret query values in `url` (empty when it has none or is no URL)."""
     from urllib.parse import quote
 
@@ -161,7 +161,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         # A database store writes artifacts where it is told; a tracking server decides itself.
         location = (mlruns_dir() / "artifacts" / _safe(name)).as_uri()
     try:
-        # The kind tag makes the MLflow 3 UI open on the runs table, not its GenAI overview.
+        # The kind tag marks the experiment as model training for MLflow 3 UIs that read it; 3.17's
+        # browser-kept GenAI switch ignores it, so links carry harness.mlflow_ui's parameters.
         return client.create_experiment(name, artifact_location=location,
                                         tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:
