@@ -244,3 +244,20 @@ def test_a_resumed_run_keeps_its_schedule(tiny, schedule):
     resumed = train(cfg, resume=stop.value.checkpoint)
     assert [e.lr for e in resumed.history] == pytest.approx([e.lr for e in full.history])
     assert [e.val_loss for e in resumed.history] == [e.val_loss for e in full.history]
+
+
+def test_plateau_counts_the_evaluation_that_ends_the_warmup():
+    """ReduceLROnPlateau starts judging at the evaluation where warmup has just ended: after a
+    best value there, one worse evaluation (patience 0) halves the rate."""
+    from harness.config import PlateauSchedule
+    from harness.schedules import LRSchedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    schedule = LRSchedule(optimizer, PlateauSchedule(name="plateau", warmup=1, patience=0, factor=0.5), 10)
+    assert schedule.lr == pytest.approx(0.05)  # warmup: (0 + 1) / (1 + 1) of the base rate
+    schedule.step_unit()
+    assert schedule.lr == pytest.approx(0.1)
+    schedule.after_eval(1.0)  # the best so far, counted
+    schedule.after_eval(2.0)  # worse: cut
+    assert schedule.lr == pytest.approx(0.05)
