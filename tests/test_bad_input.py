@@ -199,8 +199,8 @@ CASES = [
          "line"),
     Case("schedule-as-string", lambda c: c.train("schedule=cosine"), "schedule.name=cosine"),
     Case("section-as-number", lambda c: ["train", "--config", c.write("m.yaml", "model: 5\n")], "model=5"),
-    Case("section-as-number-plus-set", lambda c: ["train", "--config", c.write("m.yaml", "model: 5\n"),
-                                                  "--set", "model.dropout=0.1"], "model=5"),
+    Case("section-as-number-plus-set", lambda c: c.train("model.dropout=0.1", "train.epochs=1") + [
+        "--config", c.write("m.yaml", "model: 5\n")], "model=5"),
     Case("postgres-no-driver", lambda c: ["run", c.spec(), "--storage", "postgresql://u:secret@127.0.0.1:9/db"],
          "postgresql+psycopg2://", absent="secret"),
     Case("postgres-query-password", lambda c: ["status", "x", "--storage",

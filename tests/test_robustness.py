@@ -21,7 +21,6 @@ from harness.cli import main
 from harness.config import build_config
 from harness.errors import UsageError
 from harness.report import build_report
-from harness.report.output import MARKER
 from harness.run import run_tracked
 from harness.spec import load_spec, parse_spec
 from harness.storage import default_storage, load_study, open_storage
@@ -80,6 +79,8 @@ def test_report_never_overwrites_or_deletes_a_folder_it_did_not_write(tmp_path: 
     with pytest.raises(UsageError, match="is a file"):
         build_report("train", out_dir=a_file, tracking_uri=store.tracking_uri)
     assert a_file.read_text() == "mine"
+
+    from harness.report.output import MARKER
 
     out = tmp_path / "reports" / "train"
     build_report("train", out_dir=out, tracking_uri=store.tracking_uri)

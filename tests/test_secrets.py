@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import yaml
 
 from harness.cli import main
 from harness.launch import spawn_workers
-from harness.tracking import redact, scrub
+from harness.tracking import redact
 
 from postgres import free_port
 
@@ -45,6 +46,8 @@ def test_redact_leaves_urls_without_a_password_alone() -> None:
 
 
 def test_scrub_removes_the_password_from_a_driver_message() -> None:
+    from harness.tracking import scrub
+
     url = "postgresql+psycopg2://user:p%40ss@db.example/optuna"
     assert scrub("FATAL: password p@ss (p%40ss) rejected", url) == "FATAL: password *** (***) rejected"
 
@@ -55,7 +58,12 @@ def test_workers_get_the_storage_in_their_environment_not_their_command_line(pro
     url = f"postgresql+psycopg2://user:{SECRET}@127.0.0.1:{free_port()}/optuna"
     procs = spawn_workers("some-study", url, 1, 1, project / "logs")
     try:
-        argv = Path(f"/proc/{procs[0].pid}/cmdline").read_bytes().decode()
+        argv = ""
+        deadline = time.time() + 30
+        while "worker" not in argv and time.time() < deadline:  # empty while the exec is under way
+            argv = Path(f"/proc/{procs[0].pid}/cmdline").read_bytes().decode()
+            time.sleep(0.01)
+        assert "harness.cli\x00worker\x00--study\x00some-study" in argv  # what `ps` shows
         assert SECRET not in argv and "--storage" not in argv
         procs[0].wait(timeout=120)
     finally:
