@@ -261,3 +261,16 @@ def test_plateau_counts_the_evaluation_that_ends_the_warmup():
     schedule.after_eval(1.0)  # the best so far, counted
     schedule.after_eval(2.0)  # worse: cut
     assert schedule.lr == pytest.approx(0.05)
+
+
+def test_overfit_onset_at_its_edges():
+    """The onset is the evaluation before validation loss rose `patience` times in a row, and
+    rose means strictly: from the very first evaluation on, never counting a flat step, and one
+    rise short of `patience` is no onset."""
+    from harness.metrics import overfit_onset
+
+    epochs = [1.0, 2.0, 3.0, 4.0]
+    assert overfit_onset([3.0, 3.1, 3.2, 2.0], epochs, 2) == 1.0
+    assert overfit_onset([3.0, 3.1, 2.5, 2.0], epochs, 2) is None
+    assert overfit_onset([3.0, 3.0, 3.0, 2.0], epochs, 2) is None
+    assert overfit_onset([3.0, 2.0, 2.5, 2.6], epochs, 2) == 2.0
