@@ -18,6 +18,7 @@ from harness.report import build_report, default_out_dir
 from harness.report.arms import group_runs
 from harness.metrics import SUMMARY_METRICS
 from harness.report.collect import load_study, local_path
+from harness.report.output import MARKER
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ABLATION_FIGURES = {"paired_differences", "validation_curves", "learning_curves", "gap", "test_loss_by_arm",
@@ -221,6 +222,7 @@ def test_figures_without_data_are_skipped_with_the_reason(store, tmp_path):
     s, _ = store
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "learning_curves.png").write_bytes(b"from an earlier report")
+    (tmp_path / MARKER).write_text("an earlier report's folder")  # only a report's own folder is rewritten
     result = build_report("nohistory", out_dir=tmp_path, tracking_uri=s.tracking_uri)
     assert {p.stem for p in result.figures} == {"test_loss_by_arm", "tradeoff"}
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["test_loss_by_arm.png", "tradeoff.png"]
