@@ -7,8 +7,6 @@ worker of "another machine" SIGKILLed mid-trial.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
