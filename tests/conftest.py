@@ -15,6 +15,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh project: cwd and ABLATE_HOME point at tmp_path, so mlruns/ lands there."""
     monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)  # the default --storage: the project's journal
     monkeypatch.chdir(tmp_path)
     import mlflow
 
