@@ -4,7 +4,6 @@ print what ran, and write the arm summaries once every cell is done."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from optuna.trial import TrialState
 

@@ -9,7 +9,6 @@ project per case; `tests/test_robustness.py` runs the ones that need a subproces
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
