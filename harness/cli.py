@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        print(f"ablate: error: {exc}", file=sys.stderr)
+        # One line, always: a value with a newline in it (a prompt, a path) is shown escaped.
+        print(f"ablate: error: {str(exc).replace(chr(10), chr(92) + 'n')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)

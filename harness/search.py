@@ -98,7 +98,7 @@ from harness.metrics import Evaluation
 from harness.mlflow_ui import set_view, trials_view
 from harness.paths import mlruns_dir
 from harness.run import RunOutcome, preflight, run_tracked
-from harness.search_space import SearchSpec, load_search_spec, parse_search_spec
+from harness.search_space import SearchSpec, load_search_spec, parse_search_spec, space_configs
 from harness.spec import AblationSpec, Arm, cell_config, format_value
 from harness.storage import default_storage, open_storage
 from harness.study import (ATTR, REPORTED, SETTLED, cell_status, create_ablation, created_study, info, mean_ci,
@@ -318,11 +318,20 @@ def run_search(spec_path: str, trials: int | None, workers: int | None, storage_
     target = _target(spec, trials)
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout={timeout:g}: allowed: a positive, finite number of seconds")
-    try:
-        seeded = [cell_config(spec.baseline, seed) for seed in spec.seeds]  # every seed in range
-        preflight(seeded[0])
-    except UsageError as exc:
-        raise UsageError(f"baseline: {exc}") from None
+    data, checked = DataCache(), set()
+    # The baseline (every seed in range) and every point space_configs validates: corpus, device,
+    # prompt and model are checked before the study exists, once per distinct setup of them.
+    for where, cfg in {"baseline: ": spec.baseline, **space_configs(spec.base, spec.space)}.items():
+        try:
+            seeded = [cell_config(cfg, seed) for seed in spec.seeds]
+            tree = seeded[0].to_dict()
+            key = json.dumps([tree[s] for s in ("data", "model", "transfer", "sample")] + [tree["train"]["device"]],
+                             sort_keys=True)
+            if key not in checked:
+                checked.add(key)
+                preflight(seeded[0], data.get(seeded[0]))
+        except UsageError as exc:
+            raise UsageError(f"{where}{exc}") from None
     url = storage_url or default_storage()
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()

@@ -289,7 +289,7 @@ def parse_search_spec(raw: dict[str, Any]) -> SearchSpec:
     trials = _positive_int("trials", raw.get("trials"), optional=True)
     k = _positive_int("seeds_per_trial", raw.get("seeds_per_trial", 1))
     seeds = tuple(base.train.seed + i for i in range(k))
-    _check_space_configs(base, space)
+    space_configs(base, space)  # validates every range
     overrides = raw.get("baseline") or {}
     if not isinstance(overrides, dict):
         raise UsageError("baseline: must map dotted config keys to values, e.g. {model.dropout: 0.0}")
@@ -499,9 +499,13 @@ def _conditions(param: Param, by_path: dict[str, Param]) -> dict[str, Any] | Non
     return labels
 
 
-def _check_space_configs(base: Config, space: tuple[Param, ...]) -> None:
-    """Every parameter's bounds or choices give a valid config, alone and next to every choice of
-    every categorical parameter it can meet, so a bad range fails now, not in trial 17."""
+def space_configs(base: Config, space: tuple[Param, ...]) -> dict[str, Config]:
+    """The configs of every parameter's bounds or choices, alone and next to every choice of every
+    categorical parameter it can meet, keyed by where they come from ("space PATH=VALUE: ").
+
+    Building them validates the space's ranges, so a bad range fails now, not in trial 17; the
+    driver preflights them too (corpus, device, prompt, model) before the study exists."""
+    out: dict[str, Config] = {}
     by_path = {p.path: p for p in space}
     categoricals = [p for p in space if p.kind == "categorical"]
     for param in space:
@@ -519,7 +523,9 @@ def _check_space_configs(base: Config, space: tuple[Param, ...]) -> None:
                 continue  # the two parameters never meet in one trial
             ordered = {p.path: p.decode(labels[p.path]) for p in space if p.path in labels}
             with_other = f" with {other.path}={label!r}" if other is not None else ""
-            apply_values(base, ordered, where=f"space {param.path}={value!r}{with_other}: ")
+            where = f"space {param.path}={value!r}{with_other}: "
+            out[where] = apply_values(base, ordered, where=where)
+    return out
 
 
 def _baseline_labels(base: Config, baseline: Config, space: tuple[Param, ...]) -> dict[str, Any]:
@@ -536,7 +542,7 @@ def _baseline_labels(base: Config, baseline: Config, space: tuple[Param, ...]) -
             match = [label for label, value in zip(param.labels, param.values)
                      if _same(baseline, param.path, value)]
             if not match:
-                raise UsageError(f"baseline: {param.path}={format_value(current)} is not a choice of the "
+                raise UsageError(f"baseline: {param.path}={format_value(current)!r} is not a choice of the "
                                  f"space ({', '.join(format_value(v) for v in param.values)}); set "
                                  f"baseline: {{{param.path}: ...}} to one of them")
             labels[param.path] = match[0]
