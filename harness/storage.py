@@ -49,8 +49,16 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
                          f"trials; allowed: {ALLOWED}")
     if url.startswith(("postgresql", "mysql")):
         try:
-            return RDBStorage(url, engine_kwargs={"connect_args": _connect_args(url),
-                                                  "pool_pre_ping": True})
+            if not create and not _has_optuna_tables(url):
+                # A reader never creates Optuna's tables in a database that has none.
+                from harness.tracking import redact
+
+                raise UsageError(f"--storage {redact(url)!r}: the database holds no Optuna studies (no study "
+                                 f"was created there; check the database name)")
+            return RDBStorage(url, engine_kwargs={"connect_args": _connect_args(url), "pool_pre_ping": True},
+                              skip_table_creation=not create)
+        except UsageError:
+            raise
         except Exception as exc:  # sqlalchemy raises many kinds for a dead or wrong server
             # harness.tracking (MLflow) loads only to word an error: `ablate status` starts without it.
             from harness.tracking import redact, scrub
@@ -121,6 +129,17 @@ def check_journal(path: Path, complete: bool) -> None:
                 f"was written. If the file is no journal, fix the --storage path; if it is a corrupted "
                 f"one, keep the studies before that line: head -n {number - 1} {path} > fixed.journal, "
                 f"check it, then move fixed.journal in its place (or restore the file from a backup)")
+
+
+def _has_optuna_tables(url: str) -> bool:
+    """Whether the database at `url` has Optuna's tables, looked at without creating any."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, connect_args=_connect_args(url))
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _connect_args(url: str) -> dict:

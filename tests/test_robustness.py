@@ -264,3 +264,22 @@ def test_a_dead_storage_is_one_line_and_exit_2_for_run_search_and_worker(project
         assert "Traceback" not in done.stderr and ":pw@" not in done.stderr
         assert done.stdout == ""  # not even the study plan
     assert set(os.listdir(project)) == made
+
+
+# --- 12. reading never creates, on PostgreSQL too ----------------------------------------------------
+
+@pytest.mark.service
+def test_status_and_worker_on_an_empty_database_create_no_tables(project: Path, postgres_server,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    import sqlalchemy
+
+    url = postgres_server("empty")
+    for argv in (["status", "x", "--storage", url], ["worker", "--study", "x", "--storage", url]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds no Optuna studies" in err
+    engine = sqlalchemy.create_engine(url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
