@@ -274,3 +274,18 @@ def test_overfit_onset_at_its_edges():
     assert overfit_onset([3.0, 3.1, 2.5, 2.0], epochs, 2) is None
     assert overfit_onset([3.0, 3.0, 3.0, 2.0], epochs, 2) is None
     assert overfit_onset([3.0, 2.0, 2.5, 2.6], epochs, 2) == 2.0
+
+
+def test_step_stats_accumulate_between_evaluations():
+    """The per-evaluation numbers (mean loss and gradient norm, max norm, clipped fraction,
+    tokens per second, the applied lr) come from these sums; the summary keeps the wall time."""
+    from harness.metrics import Evaluation, StepStats, summarize
+
+    stats = StepStats()
+    stats.add(2.0, 1.0, False, 10, 0.5, 0.1)
+    stats.add(4.0, 3.0, True, 30, 1.5, 0.05)
+    assert (stats.loss_sum, stats.norm_sum, stats.norm_max, stats.clipped) == (6.0, 4.0, 3.0, 1)
+    assert (stats.steps, stats.tokens, stats.seconds, stats.lr) == (2, 40, 2.0, 0.05)
+    history = [Evaluation(step=1, epoch=1.0, train_loss=3.0, train_eval_loss=2.0, val_loss=2.5, test_loss=2.6,
+                          lr=0.1, grad_norm=2.0, grad_norm_max=3.0, clip_frac=0.5, tokens_per_s=20.0)]
+    assert summarize(history, patience=2, wall_s=12.5, n_params=7).metrics()["wall_s"] == 12.5
