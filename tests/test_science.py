@@ -289,3 +289,14 @@ def test_step_stats_accumulate_between_evaluations():
     history = [Evaluation(step=1, epoch=1.0, train_loss=3.0, train_eval_loss=2.0, val_loss=2.5, test_loss=2.6,
                           lr=0.1, grad_norm=2.0, grad_norm_max=3.0, clip_frac=0.5, tokens_per_s=20.0)]
     assert summarize(history, patience=2, wall_s=12.5, n_params=7).metrics()["wall_s"] == 12.5
+
+
+def test_cosine_after_warmup_anneals_over_the_rest_of_the_run(tiny):
+    """Warmup ramps for its units, then cosine runs its period over what is left of the run
+    (6 epochs, 2 of warmup: a period of 4), in closed form."""
+    import math
+
+    cfg = build_config({}, {**tiny, "train.epochs": 6, "optim.lr": 0.01,
+                            "schedule": {"name": "cosine", "warmup": 2, "eta_min": 0.001}})
+    cosine = [0.001 + 0.009 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert [e.lr for e in train(cfg).history] == pytest.approx([0.01 / 3, 0.02 / 3, *cosine])
