@@ -300,3 +300,19 @@ def test_cosine_after_warmup_anneals_over_the_rest_of_the_run(tiny):
                             "schedule": {"name": "cosine", "warmup": 2, "eta_min": 0.001}})
     cosine = [0.001 + 0.009 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
     assert [e.lr for e in train(cfg).history] == pytest.approx([0.01 / 3, 0.02 / 3, *cosine])
+
+
+def test_the_optimizer_and_plateau_take_their_configured_constants(tiny):
+    """betas and eps reach the optimizer, and the plateau scheduler's threshold decides what an
+    improvement is (defaults would pass for every other value)."""
+    from harness.config import PlateauSchedule
+    from harness.schedules import LRSchedule
+
+    cfg = build_config({}, {**tiny, "optim.betas": [0.8, 0.95], "optim.eps": 1e-6})
+    optimizer = make_optimizer(GPT(cfg.model, 30, cfg.data.block_size), cfg)
+    assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-6 for g in optimizer.param_groups)
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = LRSchedule(sgd, PlateauSchedule(name="plateau", patience=0, threshold=0.5), 10)
+    schedule.after_eval(1.0)
+    schedule.after_eval(0.9)  # 10% better: no improvement at a relative threshold of 50%
+    assert schedule.lr == pytest.approx(0.05)
