@@ -316,3 +316,23 @@ def test_the_optimizer_and_plateau_take_their_configured_constants(tiny):
     schedule.after_eval(1.0)
     schedule.after_eval(0.9)  # 10% better: no improvement at a relative threshold of 50%
     assert schedule.lr == pytest.approx(0.05)
+
+
+def test_augmentation_draws_only_from_its_own_generator():
+    """Swaps and noise come from the generator train() gives them (seeded from train.seed, saved
+    in checkpoints), never from torch's global one, whose stream is dropout's: an augmentation
+    arm keeps the baseline's dropout masks, and the same generator state gives the same batch."""
+    from harness.augment import augment_batch
+    from harness.config import AugmentConfig
+
+    x = torch.arange(4000).view(40, 100) % 37
+    cfg = AugmentConfig(char_swap=0.2, noise=0.2)
+    outputs, global_draws = [], []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        outputs.append(augment_batch(x, x, cfg, 37, torch.Generator().manual_seed(5)))
+        global_draws.append(torch.rand(3))
+    (xa, ya), (xb, yb) = outputs
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and not torch.equal(xa, x)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), global_draws[0])  # the global stream was not advanced
