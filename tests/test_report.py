@@ -137,6 +137,8 @@ def test_every_arm_and_run_links_to_mlflow(ablation, store):
     # The baseline has an arm-summary run: its arm links there.
     assert (f'<a href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{ids["excluded"]["summary"]}'
             f'?workflowType=machine_learning">baseline</a>') in page
+    # The study's run, which holds the report in MLflow, too.
+    assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{ids["parent"]}?workflowType=machine_learning"' in page
     # Every address opens MLflow 3's model-training view (not its GenAI overview).
     assert f"#/experiments/{exp}/runs?workflowType=machine_learning&amp;searchFilter=attributes.run_id%20IN" in page
 

@@ -143,7 +143,8 @@ def test_cli_train_prints_the_run_and_the_ui(project, tiny, capsys):
                  "--set", "schedule.name=cosine"]) == 0
     out = capsys.readouterr().out
     run_id = out.split()[1]
-    assert "best val loss" in out and "gap at best" in out and "http://127.0.0.1:5000/#/experiments/" in out
+    assert "best val loss" in out and "test loss" in out and "gap on test" in out
+    assert "http://127.0.0.1:5000/#/experiments/" in out
     run = MlflowClient(mlflow.get_tracking_uri()).get_run(run_id)
     assert run.data.params["schedule.name"] == "cosine" and run.data.params["optim.weight_decay"] == "0.1"
 

@@ -95,3 +95,17 @@ def test_failed_seeds_hold_back_generalizes_better_unless_ignored():
 ])
 def test_judge_boundaries(loss, gap, label):
     assert judge(loss, gap) == label
+
+
+def test_featured_arms_keep_every_finding_even_the_worst():
+    """With more arms than TOP_ARMS, sentences and figures show the baseline, every arm with a
+    verdict other than no-clear-effect or too-few-seeds, then the best by held-out loss."""
+    from harness.report import TOP_ARMS, _featured
+
+    order = ["baseline"] + [f"arm{i:02d}" for i in range(14)]
+    stats = pd.DataFrame({"arm": order, "metric": "test_loss", "mean": [2.5] + [2.0 + 0.01 * i for i in range(14)]})
+    verdicts = pd.DataFrame({"arm": order[1:], "verdict": [UNCLEAR] * 13 + [HURTS]})
+    shown = _featured(stats, order, "baseline", "test_loss", verdicts)
+    assert "arm13" in shown and "baseline" in shown  # the worst arm, but it hurts: a finding
+    assert len(shown) == TOP_ARMS and shown == [a for a in order if a in shown]
+    assert shown[1:-1] == [f"arm{i:02d}" for i in range(TOP_ARMS - 2)]  # then the best by held-out loss

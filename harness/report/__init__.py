@@ -23,7 +23,8 @@ from harness.errors import UsageError
 from harness.report import arms as arms_mod
 from harness.report import collect, figures, links, render, search, stats
 from harness.report.output import claim_out_dir
-from harness.report.verdict import ALPHA, GENERALIZES, HELDOUT, LABELS as VERDICT_ORDER, VERDICT_COLUMNS
+from harness.report.verdict import (ALPHA, FEW, GENERALIZES, HELDOUT, LABELS as VERDICT_ORDER, UNCLEAR,
+                                    VERDICT_COLUMNS)
 from harness.report.verdict import number, verdict, verdict_table
 
 __all__ = ["ReportResult", "build_report", "default_out_dir"]
@@ -99,7 +100,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     failed = arms_mod.failed_seeds(grouped)
     verdicts = (verdict_table(runs, grouped.order, grouped.baseline, failed, ignore_failed)
                 if grouped.baseline is not None else pd.DataFrame(columns=VERDICT_COLUMNS))
-    featured = _featured(arm_stats, grouped.order, grouped.baseline, HELDOUT)
+    featured = _featured(arm_stats, grouped.order, grouped.baseline, HELDOUT, verdicts)
 
     history = collect.load_histories(runs[["run_id", "artifact_uri"]], study.tracking_uri)
     notes = _thread_notes(runs)
@@ -179,12 +180,19 @@ def _ranked(arm_stats: pd.DataFrame, order: list[str], metric: str) -> list[str]
     return sorted(order, key=key)
 
 
-def _featured(arm_stats: pd.DataFrame, order: list[str], baseline: str | None, metric: str) -> list[str]:
-    """The baseline and the best arms by mean `metric`, at most TOP_ARMS, kept in `order`."""
+def _featured(arm_stats: pd.DataFrame, order: list[str], baseline: str | None, metric: str,
+              verdicts: pd.DataFrame) -> list[str]:
+    """The baseline, every arm with a finding (a verdict other than no-clear-effect or
+    too-few-seeds: a regularizer that hurts matters as much as one that helps), then the best
+    arms by mean `metric` up to TOP_ARMS in all; kept in `order`."""
     if len(order) <= TOP_ARMS:
         return list(order)
-    best = [a for a in _ranked(arm_stats, order, metric) if a != baseline]
-    keep = set(best[: TOP_ARMS - (baseline is not None)]) | {baseline}
+    found = set(verdicts.loc[~verdicts["verdict"].isin([UNCLEAR, FEW]), "arm"])
+    keep = found | {baseline}
+    for arm in _ranked(arm_stats, order, metric):
+        if len(keep - {None}) >= TOP_ARMS:
+            break
+        keep.add(arm)
     return [a for a in order if a in keep]
 
 

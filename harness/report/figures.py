@@ -236,7 +236,9 @@ def paired_differences(data: FigureInput) -> tuple[Figure | None, str]:
     return fig, (f"Mean paired difference to the baseline {data.baseline} over shared seeds, with its 95% "
                  "t-interval: left of zero is better on both panels. Colour: the verdict "
                  "(green generalizes-better, amber closes-gap-by-underfitting, red hurts, grey no clear "
-                 "effect or too few seeds). An arm left of zero on the right panel only closed its gap.")
+                 "effect or too few seeds). An arm left of zero on the right panel only closed its gap. "
+                 "The intervals are not adjusted for the number of arms; the verdicts use Holm-adjusted "
+                 "p-values, so an interval clear of zero can still read no-clear-effect.")
 
 
 def gap_curves(data: FigureInput) -> tuple[Figure | None, str]:

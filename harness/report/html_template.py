@@ -44,13 +44,13 @@ pre.sample { background: #fafafa; border: 1px solid #eee; padding: .6em; white-s
 {% if verdicts %}<ul id="verdict-sentences">
 {% for v in verdicts %}<li>{{ v }}</li>
 {% endfor %}</ul>{% else %}<p>{{ c.baseline_note }}</p>{% endif %}
-{% if c.featured|length < c.arms|length %}<p class="small">Sentences and figures show {{ c.featured|length }} of {{ c.arms|length }} arms: the baseline and the best by held-out loss. The tables and verdicts.csv list all of them.</p>{% endif %}
+{% if c.featured|length < c.arms|length %}<p class="small">Sentences and figures show {{ c.featured|length }} of {{ c.arms|length }} arms: the baseline, every arm with a finding, and the best by held-out loss. The tables and verdicts.csv list all of them.</p>{% endif %}
 
 <h2 id="built-from">Built from</h2>
 <dl class="facts">
 {% for label, value in facts %}<dt>{{ label }}</dt><dd>{{ value }}</dd>
 {% endfor %}</dl>
-{% if c.parent_run_id %}<p class="small"><a href="{{ c.ui_url.rstrip('/') }}/#/experiments/{{ c.experiment_id }}/runs/{{ c.parent_run_id }}">The study's parent run in MLflow</a></p>{% endif %}
+{% if parent_url %}<p class="small"><a href="{{ parent_url }}">The study's run in MLflow (its description and artifacts hold this report)</a></p>{% endif %}
 
 {% if comparison_rows %}
 <h2 id="comparison">Secondary view: {{ noun }} ({{ c.metric }}), paired by seed</h2>

@@ -19,6 +19,7 @@ import pandas as pd
 from harness.metrics import SUMMARY_METRICS
 from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
+from harness.report.links import run_url
 from harness.report.stats import ARM_METRICS, METRICS
 from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number
 
@@ -244,7 +245,8 @@ def write_html(content: ReportContent, path: Path) -> None:
         metrics=ARM_METRICS, figures=figures, skipped=[f for f in content.figures if not f.path],
         verdicts=verdict_sentences(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
         how_to_read=HOW_TO_READ, noun=METRICS[content.metric].noun,
-        excluded=content.excluded.to_dict("records"), run_metrics=RUN_METRICS)
+        excluded=content.excluded.to_dict("records"), run_metrics=RUN_METRICS,
+        parent_url=content.parent_run_id and run_url(content.ui_url, content.experiment_id, content.parent_run_id))
     path.write_text(html, encoding="utf-8")
 
 
@@ -305,7 +307,8 @@ def write_markdown(content: ReportContent, path: Path) -> None:
     lines += [f"- {md(v)}" for v in verdict_sentences(content)] or ["- " + md(content.baseline_note)]
     if len(arms) < len(content.arms):
         lines += ["", f"_Tables and verdicts show {len(arms)} of {len(content.arms)} arms: the baseline "
-                      f"and the best by {HELDOUT}; index.html, runs.csv and verdicts.csv have all of them._"]
+                      f"every arm with a finding, and the best by {HELDOUT}; index.html, runs.csv and "
+                      "verdicts.csv have all of them._"]
     lines += ["", "## Built from", ""]
     lines += [f"- **{label}**: {md(value)}" for label, value in facts(content)]
     comparisons = comparison_rows(content, arms)
