@@ -109,3 +109,28 @@ def test_featured_arms_keep_every_finding_even_the_worst():
     assert "arm13" in shown and "baseline" in shown  # the worst arm, but it hurts: a finding
     assert len(shown) == TOP_ARMS and shown == [a for a in order if a in shown]
     assert shown[1:-1] == [f"arm{i:02d}" for i in range(TOP_ARMS - 2)]  # then the best by held-out loss
+
+
+def test_verdict_table_rows_carry_the_paired_comparisons():
+    """Each row's numbers are stats.compare's on that axis, the sentence is the arm's, and an
+    empty table still has every column."""
+    from harness.report.stats import compare
+
+    arms = {"dropout": (-0.05, -0.2), "noise=0.5": (0.35, -0.3)}
+    frame = runs({"baseline": (0.0, 0.0), **arms})
+    order = list(frame["arm"].unique())
+    t = verdict_table(frame, order, "baseline", {"noise=0.5": 1}, ignore_failed=True).set_index("arm")
+    for axis in ("test_loss", "test_gap"):
+        c = compare(frame, order, "baseline", axis).set_index("arm")
+        for column in ("ci_low", "ci_high", "p_holm"):
+            assert t[f"{axis}_{column}"].to_numpy() == pytest.approx(c.loc[t.index, column].to_numpy())
+    assert all(t.loc[arm, "sentence"].startswith(arm) for arm in arms)
+    assert "(--ignore-failed: judged on the finished seeds)" in t.loc["noise=0.5", "sentence"]
+    empty = verdict_table(frame[frame["arm"] == "baseline"], ["baseline"], "baseline", {})
+    assert list(empty.columns) == VERDICT_COLUMNS and empty.empty
+
+
+def test_failed_seeds_hold_back_a_win_by_default():
+    """judge() itself: without ignore_failed, a failed seed keeps 'generalizes-better' back."""
+    loss, gap = {"n": 5, "mean_diff": -0.1, "p_holm": 0.01}, {"n": 5, "mean_diff": 0.0, "p_holm": 0.5}
+    assert judge(loss, gap, failed=1) == UNCLEAR and judge(loss, gap, failed=1, ignore_failed=True) == GENERALIZES
