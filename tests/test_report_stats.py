@@ -253,3 +253,16 @@ def test_verdict_at_the_thresholds_in_full_words():
     assert verdict({**row, "p_holm": 0.05}, "final_gap", "base") == \
         "a: no clear difference in the final gap (-0.2 nats [-0.3, -0.1], p_holm=0.05, better on 5/5 seeds)."
     assert verdict({**row, "n": 4, "n_better": 4}, "final_gap", "base").startswith("a: evidence is thin (4 paired")
+
+
+def test_paired_at_its_edges():
+    """No shared seed: nothing but n = 0. One seed: the difference alone. Every difference zero:
+    no test, an even P(better). A zero difference is never a seed 'better' in either direction."""
+    none = paired([np.nan, 1.0], [1.0, np.nan])
+    assert (none.n, none.n_better) == (0, 0) and all(math.isnan(v) for v in (
+        none.mean_diff, none.ci_low, none.ci_high, none.t_p, none.wilcoxon_p, none.p_better))
+    one = paired([1.5], [1.0])
+    assert (one.n, one.mean_diff, one.n_better) == (1, 0.5, 0) and math.isnan(one.ci_high)
+    same = paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same.p_better == 0.5 and math.isnan(same.t_p) and math.isnan(same.wilcoxon_p)
+    assert paired([1.0, 3.0], [1.0, 2.0], lower_is_better=False).n_better == 1
