@@ -266,3 +266,18 @@ def test_paired_at_its_edges():
     same = paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert same.p_better == 0.5 and math.isnan(same.t_p) and math.isnan(same.wilcoxon_p)
     assert paired([1.0, 3.0], [1.0, 2.0], lower_is_better=False).n_better == 1
+
+
+def test_compare_and_holm_at_their_edges():
+    """compare(): its columns in order, also when no arm is compared; a metric no run has, or
+    text that is no number, compares nothing. holm(): adjusted values cap at 1."""
+    columns = ["arm", "n", "mean_diff", "ci_low", "ci_high", "t_p", "wilcoxon_p", "p_holm", "p_better", "n_better"]
+    runs = _runs(3, -0.2)
+    assert list(compare(runs, ["baseline", "dropout=0.3"], "baseline", "final_gap").columns) == columns
+    only_base = compare(runs[runs["arm"] == "baseline"], ["baseline"], "baseline", "final_gap")
+    assert list(only_base.columns) == columns and only_base.empty
+    assert compare(runs, ["baseline", "dropout=0.3"], "baseline", "wall_s")["n"].tolist() == [0]
+    text = runs.assign(final_gap=runs["final_gap"].astype(object))
+    text.loc[text["arm"] == "dropout=0.3", "final_gap"] = "n/a"
+    assert compare(text, ["baseline", "dropout=0.3"], "baseline", "final_gap")["n"].tolist() == [0]
+    assert holm([0.6, 0.8]).tolist() == [1.0, 1.0]
