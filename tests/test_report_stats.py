@@ -281,3 +281,10 @@ def test_compare_and_holm_at_their_edges():
     text.loc[text["arm"] == "dropout=0.3", "final_gap"] = "n/a"
     assert compare(text, ["baseline", "dropout=0.3"], "baseline", "final_gap")["n"].tolist() == [0]
     assert holm([0.6, 0.8]).tolist() == [1.0, 1.0]
+
+
+def test_no_clear_difference_shows_the_sign_of_the_change():
+    row = {"arm": "a", "n": 5, "ci_low": -0.1, "ci_high": 0.5, "p_holm": 0.5, "n_better": 2}
+    assert "(+0.2 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": 0.2}, "final_gap", "base")
+    assert "(0 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": 0.0}, "final_gap", "base")
+    assert "(-0.2 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": -0.2}, "final_gap", "base")
