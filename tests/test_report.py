@@ -69,7 +69,7 @@ def test_runs_csv_has_one_row_per_finished_run_and_every_param(ablation):
     assert [r["seed"] for r in rows[:5]] == ["0", "1", "2", "3", "4"]
     dropout = [r for r in rows if r["arm"] == "dropout=0.3"]
     assert {r["params.model.dropout"] for r in dropout} == {"0.3"}
-    assert all(r["url"].endswith(f"/runs/{r['run_id']}") for r in rows)
+    assert all(r["url"].endswith(f"/runs/{r['run_id']}?workflowType=machine_learning") for r in rows)
 
 
 def test_arm_table_and_comparisons(ablation):

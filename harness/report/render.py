@@ -77,9 +77,13 @@ def write_runs_csv(content: ReportContent, path: Path) -> None:
     params = sorted(c for c in runs.columns if c.startswith("params."))
     table = runs[ident + metrics + params]
     # One physical line per run: a param such as sample.prompt may hold a newline.
-    text = table.select_dtypes(include="object").columns
-    table = table.assign(**{c: table[c].str.replace(r"\r?\n", r"\\n", regex=True) for c in text})
+    table = table.apply(lambda column: column.map(_one_line) if column.dtype == object
+                        or pd.api.types.is_string_dtype(column) else column)
     table.to_csv(path, index=False)
+
+
+def _one_line(value: object) -> object:
+    return value.replace("\r\n", "\\n").replace("\n", "\\n") if isinstance(value, str) else value
 
 
 def write_verdicts_csv(content: ReportContent, path: Path) -> None:
