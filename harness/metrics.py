@@ -12,7 +12,7 @@ split at that same evaluation, text that no decision of the run or of its study 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 EVAL_METRICS = ("epoch", "train_loss", "train_eval_loss", "val_loss", "gap", "gap_ratio", "lr",
                 "grad_norm", "grad_norm_max", "clip_frac", "tokens_per_s")

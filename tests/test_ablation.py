@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient

@@ -12,7 +12,7 @@ from harness.cli import main
 from harness.config import build_config
 from harness.metrics import EVAL_METRICS, HISTORY_COLUMNS, SUMMARY_METRICS
 from harness.run import resume_tracked, run_tracked
-from harness.tracking import RunTracker, init_store, local_artifact_dir
+from harness.tracking import init_store, local_artifact_dir
 from harness.train import Interrupted, NonFiniteLoss
 
 
