@@ -288,3 +288,19 @@ def test_no_clear_difference_shows_the_sign_of_the_change():
     assert "(+0.2 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": 0.2}, "final_gap", "base")
     assert "(0 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": 0.0}, "final_gap", "base")
     assert "(-0.2 nats [-0.1, 0.5]" in verdict({**row, "mean_diff": -0.2}, "final_gap", "base")
+
+
+@pytest.mark.parametrize(("metric", "shift", "expected"), [
+    ("overfit_onset", 0.0, "a: evidence is thin (3 paired seeds, fewer than 5); no mean change in the overfitting "
+                           "onset ([0, 0], p_holm=n/a, better on 0/3 seeds); no winner declared."),
+    ("final_gap", 0.0, "a: evidence is thin (3 paired seeds, fewer than 5); no mean change in the final gap "
+                       "([0, 0], p_holm=n/a, better on 0/3 seeds); no winner declared."),
+    ("overfit_onset", 1.0, "a: evidence is thin (3 paired seeds, fewer than 5); it delayed the overfitting onset "
+                           "by 1 [1, 1], p_holm=n/a, better on 3/3 seeds; no winner declared."),
+])
+def test_thin_evidence_words_no_change_and_a_change_of_exactly_one(metric, shift, expected):
+    """No verb for a change of nothing; a later onset by exactly one epoch is still 'delayed'."""
+    runs = pd.DataFrame([{"arm": arm, "seed": s, metric: 10.0 + s + (shift if arm == "a" else 0.0)}
+                         for arm in ("base", "a") for s in range(3)])
+    row = compare(runs, ["base", "a"], "base", metric).iloc[0]
+    assert verdict(row, metric, "base") == expected

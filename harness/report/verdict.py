@@ -62,6 +62,10 @@ def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
     lo, hi = sorted((math.copysign(1, mean) * row["ci_low"], math.copysign(1, mean) * row["ci_high"]))
     sized = f"by {size} [{number(lo)}, {number(hi)}]{tail}"
     if n < MIN_SEEDS:
+        if mean == 0:  # no verb fits a change of nothing
+            return (f"{arm}: evidence is thin ({n} paired seeds, fewer than {MIN_SEEDS}); no mean change "
+                    f"in the {info.noun} ([{number(row['ci_low'])}, {number(row['ci_high'])}]{tail}); "
+                    "no winner declared.")
         return (f"{arm}: evidence is thin ({n} paired seeds, fewer than {MIN_SEEDS}); "
                 f"it {verb} the {info.noun} {sized}; no winner declared.")
     if row["p_holm"] < ALPHA:
