@@ -218,7 +218,9 @@ def test_a_diverging_arm_is_settled_and_the_study_completes(project: Path, tiny:
 
 @pytest.mark.slow
 def test_ctrl_c_of_ablate_run_closes_the_running_cells(project: Path, tiny: dict) -> None:
-    path = write_spec(project, {**tiny, "train.epochs": 400}, name="ctrlc")
+    # Long cells (write_spec's base overrides win over the tiny recipe's epochs): Ctrl-C must land
+    # while both workers train, however idle and fast the machine is.
+    path = write_spec(project, tiny, name="ctrlc", base={"train": {"epochs": 400}})
     spec = load_spec(path)
     env = {**os.environ, "ABLATE_HOME": str(project)}
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--workers", "2"],
