@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,10 +142,7 @@ def failed_seeds(grouped: Arms) -> dict[str, int]:
     ex = grouped.excluded
     failed = ex[(ex["kind"] == "run") & (ex["status"] == "FAILED") & ex["seed"].notna()]
     lost = {(arm, seed) for arm, seed in zip(failed["arm"], failed["seed"]) if (arm, seed) not in done}
-    counts: dict[str, int] = {}
-    for arm, _ in lost:
-        counts[arm] = counts.get(arm, 0) + 1
-    return counts
+    return dict(Counter(arm for arm, _ in lost))
 
 
 def excluded_summary(excluded: pd.DataFrame) -> str:

@@ -21,7 +21,7 @@ from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
 from harness.report.links import run_url
 from harness.report.stats import ARM_METRICS, METRICS
-from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number
+from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number, signed
 
 STUDY_KINDS = {"ablation": "ablation study", "search": "Optuna search", None: "loose runs"}
 
@@ -161,10 +161,7 @@ def verdict_rows(content: ReportContent) -> list[dict[str, str]]:
     """Per compared arm: verdict, pairs, failed seeds, both paired changes with CI and Holm p."""
     def change(row: pd.Series, axis: str) -> str:
         diff = row[f"{axis}_diff"]
-        if math.isnan(diff):
-            return "n/a"
-        ci = "" if math.isnan(row[f"{axis}_ci_low"]) else f" [{row[f'{axis}_ci_low']:+.3g}, {row[f'{axis}_ci_high']:+.3g}]"
-        return f"{diff:+.3g}{ci}"
+        return "n/a" if math.isnan(diff) else signed(diff, row[f"{axis}_ci_low"], row[f"{axis}_ci_high"])
 
     return [{"arm": r["arm"], "url": content.arm_links[r["arm"]], "verdict": r["verdict"], "n": str(int(r["n"])),
              "failed": str(int(r["failed"])), "loss": change(r, HELDOUT), "loss_p": _p(r[f"{HELDOUT}_p_holm"]),
@@ -187,8 +184,7 @@ def comparison_rows(content: ReportContent, arms: list[str]) -> list[dict[str, s
         if arm not in table:
             continue
         c = table[arm]
-        diff = "n/a" if c["n"] == 0 else f"{c['mean_diff']:+.3g}" + (
-            "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]")
+        diff = "n/a" if c["n"] == 0 else signed(c["mean_diff"], c["ci_low"], c["ci_high"])
         rows.append({
             "arm": arm, "url": content.arm_links[arm], "n": str(int(c["n"])), "diff": diff,
             "t_p": _p(c["t_p"]), "wilcoxon_p": _p(c["wilcoxon_p"]), "p_holm": _p(c["p_holm"]),

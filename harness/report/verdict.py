@@ -118,13 +118,17 @@ def _significant(row: Mapping[str, Any], direction: int) -> bool:
     return not math.isnan(p) and p < ALPHA and direction * row["mean_diff"] > 0
 
 
+def signed(mean: float, low: float, high: float, unit: str = "") -> str:
+    """'-0.041 nats [-0.060, -0.022]': a paired change with its interval (none when it has none)."""
+    text = f"{mean:+.3g}{unit}"
+    return text if math.isnan(low) else f"{text} [{low:+.3g}, {high:+.3g}]"
+
+
 def _change(row: Mapping[str, Any], unit: str = " nats") -> str:
     """'-0.041 nats [-0.060, -0.022], p_holm=0.003, lower on 5/5 seeds' (as far as n allows)."""
     if int(row["n"]) == 0:
         return "not compared"
-    text = f"{row['mean_diff']:+.3g}{unit}"
-    if not math.isnan(row["ci_low"]):
-        text += f" [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
+    text = signed(row["mean_diff"], row["ci_low"], row["ci_high"], unit)
     if not math.isnan(row["p_holm"]):
         text += f", p_holm{p_text(row['p_holm'])}"
     return text + f", lower on {int(row['n_better'])}/{int(row['n'])} seeds"
