@@ -19,11 +19,11 @@ test-fast: $(STAMP)
 
 # Mutation testing of the scientific core (mutmut; configuration in pyproject.toml). Slow (about
 # an hour on 2 cores), so not part of `make test`. Narrow it with, for example,
-#   make mutation MUTATION_FUNCTIONS='harness.metrics.*'
+#   make mutation MUTATION_FUNCTIONS='harness.core.metrics.*'
 # mutmut names a mutant module.x_function__mutmut_N (a method: module.xǁClassǁmethod__mutmut_N).
-MUTATION_FUNCTIONS ?= 'harness.metrics.*' 'harness.augment.*' 'harness.schedules.*' \
-	'harness.model.x_decay_groups*' 'harness.model.xǁGPTǁloss*' 'harness.train.x_mean_loss*' \
-	'harness.train.x_make_optimizer*' 'harness.report.stats.*' 'harness.report.verdict.x_judge*' \
+MUTATION_FUNCTIONS ?= 'harness.core.metrics.*' 'harness.core.augment.*' 'harness.core.schedules.*' \
+	'harness.core.model.x_decay_groups*' 'harness.core.model.xǁGPTǁloss*' 'harness.core.train.x_mean_loss*' \
+	'harness.core.train.x_make_optimizer*' 'harness.report.stats.*' 'harness.report.verdict.x_judge*' \
 	'harness.report.verdict.x__significant*' \
 	'harness.report.verdict.x_verdict*' 'harness.report.verdict.x_number*' \
 	'harness.report.verdict.x_p_text*' 'harness.report.render.x_md*'

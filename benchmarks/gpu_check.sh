@@ -2,7 +2,7 @@
 # The one GPU check of issue 6, prepared to run in a single call on a lent CUDA machine
 # (about 6 minutes on an H100): throughput against the reference in bf16 autocast, the same
 # with torch.compile at the GPU shape, the training and model tests with train.device=auto
-# (so on CUDA), and a short harness.train run of nanoGPT's shakespeare-char GPU recipe.
+# (so on CUDA), and a short harness.core.train run of nanoGPT's shakespeare-char GPU recipe.
 #
 #   bash benchmarks/gpu_check.sh            # JSON lands in $OUT, else benchmarks/out
 #
@@ -28,10 +28,10 @@ timeout 150 python3 benchmarks/throughput.py --device cuda --shapes gpu-6x384 --
     --rounds 5 --out "$out/throughput_cuda_compile.json"
 echo "== training and model tests on CUDA"
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_model.py
-echo "== harness.train, shakespeare-char GPU recipe, bf16, 600 steps"
+echo "== harness.core.train, shakespeare-char GPU recipe, bf16, 600 steps"
 timeout 90 python3 - <<'EOF'
-from harness.config import build_config
-from harness.train import train
+from harness.core.config import build_config
+from harness.core.train import train
 
 cfg = build_config({}, {
     "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.dropout": 0.2,

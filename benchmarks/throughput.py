@@ -1,7 +1,7 @@
 """Tokens/s of one training step: the harness's model against a textbook reference GPT.
 
 One step = forward, loss, backward, gradient clipping, optimizer step. The harness side is
-harness.model.GPT + harness.train.make_optimizer, stepped exactly as harness/train.py steps it
+harness.core.model.GPT + harness.core.train.make_optimizer, stepped exactly as harness/core/train.py steps it
 (loss read back, clip_grad_norm_ with foreach and the norm read back); the reference side is
 benchmarks/reference_gpt.py with a plain torch.optim.AdamW. Same shapes, same batch, same
 optimizer settings (lr 1e-3, betas (0.9, 0.99), weight decay 0.1, clip 1.0).
@@ -35,9 +35,9 @@ import torch
 from _common import OUT, interleaved, machine, median, paired_ratio, table, write_json
 from reference_gpt import ReferenceGPT
 
-from harness.config import build_config
-from harness.model import GPT, decay_groups
-from harness.train import make_optimizer
+from harness.core.config import build_config
+from harness.core.model import GPT, decay_groups
+from harness.core.train import make_optimizer
 
 VOCAB = 65  # Tiny Shakespeare's character set
 SHAPES = {
@@ -101,7 +101,7 @@ def harness_step(shape: tuple, dropout: float, device: torch.device, autocast, e
     loss_fn = torch.compile(model.loss) if extra == "compile" else model.loss  # as train.compile
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # as harness/train.py's inner loop
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # as harness/core/train.py's inner loop
         with autocast():
             loss = loss_fn(x, y)
         if not math.isfinite(float(loss.detach())):

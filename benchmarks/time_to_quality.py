@@ -5,7 +5,7 @@ block 64, batch 12, AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1), clip 1
 lr cosine from 1e-3 to 1e-4 over 2,000 steps (no warmup in either loop), 2,000 steps, the whole
 training split (data.train_chars null). nanoGPT reports a val loss of about 1.88 for it.
 
-- harness: harness.train.train on the config below; a Hooks.on_eval records the time of every
+- harness: harness.core.train.train on the config below; a Hooks.on_eval records the time of every
   evaluation (train.eval_every, train.eval_windows: the harness's evaluation settings, shown in
   the table; its evaluations use fixed windows of train and val text). No text samples.
 - reference: the textbook nanoGPT loop (benchmarks/reference_gpt.py's model, random windows via
@@ -44,7 +44,7 @@ RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=
 
 
 def harness_config(args):
-    from harness.config import build_config
+    from harness.core.config import build_config
 
     r = RECIPE
     return build_config({
@@ -64,7 +64,7 @@ def harness_config(args):
 def run_harness(args, start_at: float, results) -> None:
     import torch
 
-    from harness.train import Hooks, build_model, prepare_data, train
+    from harness.core.train import Hooks, build_model, prepare_data, train
 
     torch.set_num_threads(args.threads)
     cfg = harness_config(args)
@@ -155,7 +155,7 @@ def full_val_loss(loss_fn, val, block: int) -> float:
     same estimator for both loops, computed after their clocks stop."""
     import torch
 
-    from harness.data import windows
+    from harness.core.data import windows
 
     total, count = 0.0, 0
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """What MLflow tracking costs a training run, as a percentage of its training wall time.
 
 The same short run (same config, seed and pre-loaded dataset) is trained untracked
-(harness.train.train) and tracked (harness.run.run_tracked into a temporary SQLite store:
+(harness.core.train.train) and tracked (harness.tracking.run.run_tracked into a temporary SQLite store:
 ABLATE_HOME and MLFLOW_TRACKING_URI point into a temp folder), alternating off/on. Reported:
 
 - in-loop tracking time: the seconds spent inside the tracker's calls made from the training
@@ -92,10 +92,10 @@ def main() -> None:
     os.environ["ABLATE_HOME"] = str(store)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
 
-    from harness.config import build_config
-    from harness.run import run_tracked
-    from harness.tracking import RunTracker, init_store
-    from harness.train import prepare_data, train
+    from harness.core.config import build_config
+    from harness.tracking.run import run_tracked
+    from harness.tracking.store import RunTracker, init_store
+    from harness.core.train import prepare_data, train
 
     # The default recipe (the demo's model size), evaluating often so tracking has work to do.
     overrides = {"train.threads": args.threads, "train.epochs": 3, "train.eval_every": 5,

@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Callable
 
-from harness.errors import UsageError
-from harness.mlflow_ui import DEFAULT_UI_URL, UI_HOST, UI_PORT, run_url
+from harness.core.errors import UsageError
+from harness.tracking.mlflow_ui import DEFAULT_UI_URL, UI_HOST, UI_PORT, run_url
 STORAGE_HELP = ("Optuna storage URL (default: $ABLATE_STORAGE, else journal:mlruns/optuna.journal; "
                 "the variable keeps a password off the command line)")
 
@@ -30,10 +30,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.config import load_config, parse_set_args
-    from harness.run import preflight, resume_tracked, run_tracked
-    from harness.tracking import check_experiment_name, experiment_id, init_store, read_store
-    from harness.train import Interrupted, NonFiniteLoss
+    from harness.core.config import load_config, parse_set_args
+    from harness.tracking.run import preflight, resume_tracked, run_tracked
+    from harness.tracking.store import check_experiment_name, experiment_id, init_store, read_store
+    from harness.core.train import Interrupted, NonFiniteLoss
 
     if args.resume and (args.config or args.overrides):
         raise UsageError("--resume takes the config from the checkpoint; drop --config and --set")
@@ -91,7 +91,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from harness.report import build_report, default_out_dir
     from harness.report.output import check_out_dir
-    from harness.tracking import read_store
+    from harness.tracking.store import read_store
 
     check_out_dir(Path(args.out) if args.out else default_out_dir(args.name))
     read_store(f"no study named {args.name!r}")  # reading never creates the store
@@ -114,8 +114,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from harness.config import build_config, load_config, parse_set_args, read_yaml
-    from harness.train import prepare_data
+    from harness.core.config import build_config, load_config, parse_set_args, read_yaml
+    from harness.core.train import prepare_data
 
     overrides = parse_set_args(args.overrides)
     if args.corpus:
@@ -170,7 +170,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.ablation import run_ablation
+    from harness.studies.ablation import run_ablation
 
     _positive("--workers", args.workers)
     return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes)
@@ -194,7 +194,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from harness.search import run_search
+    from harness.studies.search import run_search
 
     _positive("--trials", args.trials)
     _positive("--workers", args.workers)
@@ -211,8 +211,8 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from harness.storage import default_storage
-    from harness.worker import run_worker
+    from harness.tracking.storage import default_storage
+    from harness.studies.worker import run_worker
 
     _positive("--threads", args.threads)
     trained = run_worker(args.study, args.storage or default_storage(), args.threads)

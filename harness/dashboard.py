@@ -10,7 +10,7 @@ Served here instead, the dashboard answers only when
 - a request that changes state (POST, PUT, DELETE, PATCH) carries no Origin, or a loopback or
   bound-address Origin (MLflow's `should_block_cors_request`).
 
-Everything else gets 403. The storage URL comes from ABLATE_STORAGE (harness.storage), never from
+Everything else gets 403. The storage URL comes from ABLATE_STORAGE (harness.tracking.storage), never from
 the command line, where `ps` would show its password to every user of the machine.
 """
 
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the dashboard of the study storage (ABLATE_STORAGE, else the project's journal)."""
     from optuna_dashboard import wsgi
 
-    from harness.errors import UsageError
-    from harness.storage import default_storage, open_storage
+    from harness.core.errors import UsageError
+    from harness.tracking.storage import default_storage, open_storage
 
     parser = argparse.ArgumentParser(prog="python -m harness.dashboard")
     parser.add_argument("--host", default="127.0.0.1")

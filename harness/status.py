@@ -6,8 +6,8 @@ import on a small machine) so the command answers in about a second.
 
 from __future__ import annotations
 
-from harness.storage import default_storage, load_study
-from harness.study import CELL_STATES, info, status_by_arm
+from harness.tracking.storage import default_storage, load_study
+from harness.studies.study import CELL_STATES, info, status_by_arm
 
 
 def print_status(name: str, storage_url: str | None) -> int:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from harness.errors import UsageError
-from harness.mlflow_ui import VIEW_TAG, experiment_url
-from harness.tracking import init_store, redact, tracking_uri
+from harness.core.errors import UsageError
+from harness.tracking.mlflow_ui import VIEW_TAG, experiment_url
+from harness.tracking.store import init_store, redact, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -58,7 +58,7 @@ def experiment_links(client: MlflowClient, ui_url: str) -> str:
 
 def serve(host: str, port: int, optuna: bool = False, storage: str | None = None) -> int:
     """Run the UI(s) in the foreground until Ctrl-C."""
-    from harness.storage import STORAGE_ENV, default_storage, open_storage
+    from harness.tracking.storage import STORAGE_ENV, default_storage, open_storage
 
     env = dict(os.environ)
     commands = []

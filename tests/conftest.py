@@ -26,7 +26,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60,000 characters of the default corpus: enough to overfit a tiny model in seconds."""
-    from harness.data import load_corpus
+    from harness.core.data import load_corpus
 
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text(load_corpus("shakespeare").text[:60_000], encoding="utf-8")

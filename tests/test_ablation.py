@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.errors import UsageError
-from harness.spec import load_spec, parse_spec
-from harness.storage import default_storage, load_study, open_storage
-from harness.study import CELL_STATES
+from harness.core.errors import UsageError
+from harness.studies.spec import load_spec, parse_spec
+from harness.tracking.storage import default_storage, load_study, open_storage
+from harness.studies.study import CELL_STATES
 
 
 def write_spec(project, tiny, name="tiny", seeds=(0, 1), factors=None, **extra):
@@ -74,11 +74,11 @@ def stopped_mid_trial(study_name: str, storage_url: str, deadline: float, pid: i
         except UsageError:  # the driver has not created the study yet
             continue
         held = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                if "mlflow_run_id" in t.user_attrs and "harness.worker" in t.system_attrs
-                and pid in (None, t.system_attrs["harness.worker"]["pid"])]
+                if "mlflow_run_id" in t.user_attrs and "harness.studies.worker" in t.system_attrs
+                and pid in (None, t.system_attrs["harness.studies.worker"]["pid"])]
         if not held:
             continue
-        victim = held[0].system_attrs["harness.worker"]["pid"]
+        victim = held[0].system_attrs["harness.studies.worker"]["pid"]
         os.kill(victim, signal.SIGSTOP)
         again = study._storage.get_trial(held[0]._trial_id)
         if again.state == TrialState.RUNNING:
@@ -176,7 +176,7 @@ def test_study_runs_every_cell_once_and_reruns_only_what_is_missing(project, tin
     arm_runs = study.user_attrs["harness"]["arm_runs"]  # study -> arm -> seed runs
     for r in runs:
         assert r.data.tags["mlflow.parentRunId"] == arm_runs[r.data.tags["harness.arm"]]
-        assert {"harness.study", "harness.arm", "harness.seed", "harness.config_hash", "optuna.trial_number"} <= set(r.data.tags)
+        assert {"harness.studies.study", "harness.arm", "harness.seed", "harness.config_hash", "optuna.trial_number"} <= set(r.data.tags)
     trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.get_trials()}
     assert trial_runs == {r.info.run_id for r in runs}
     summaries = client.search_runs([runs[0].info.experiment_id], "tags.`harness.kind` = 'arm-summary'")
@@ -210,9 +210,9 @@ def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
     """A cell that crashed (not diverged: that is a result, tests/test_robustness.py) stays failed
     for the workers of this run and is trained again by the next `ablate run`, which leaves the
     finished cells alone."""
-    from harness import worker
-    from harness.study import create_ablation
-    from harness.tracking import init_store
+    from harness.studies import worker
+    from harness.studies.study import create_ablation
+    from harness.tracking.store import init_store
 
     path = write_spec(project, tiny, seeds=(0,))
     url = default_storage()
@@ -248,9 +248,9 @@ def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
 
 def test_changed_base_config_is_refused_with_the_difference(project, tiny, capsys):
     path = write_spec(project, tiny, factors={"model.dropout": [0.2]})
-    from harness.spec import load_spec
-    from harness.study import create_ablation
-    from harness.tracking import init_store
+    from harness.studies.spec import load_spec
+    from harness.studies.study import create_ablation
+    from harness.tracking.store import init_store
 
     client = init_store()
     spec = load_spec(path)
@@ -275,7 +275,7 @@ def test_sigkilled_worker_loses_no_cell_and_runs_none_twice(project, tiny):
     except AssertionError:
         driver.kill()
         raise
-    os.kill(victim.system_attrs["harness.worker"]["pid"], signal.SIGKILL)  # frozen mid-trial
+    os.kill(victim.system_attrs["harness.studies.worker"]["pid"], signal.SIGKILL)  # frozen mid-trial
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     study = load_study("tiny", default_storage())
@@ -300,9 +300,9 @@ def test_sigkilled_worker_loses_no_cell_and_runs_none_twice(project, tiny):
 def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, postgres_server, monkeypatch):
     """The several-machine set-up on one machine: Optuna and MLflow both on PostgreSQL, the
     study created by the driver, then three `ablate worker` processes joining it."""
-    from harness.spec import load_spec
-    from harness.study import create_ablation
-    from harness.tracking import init_store
+    from harness.studies.spec import load_spec
+    from harness.studies.study import create_ablation
+    from harness.tracking.store import init_store
 
     storage_url = postgres_server("optuna")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_server("mlflow"))
@@ -320,7 +320,7 @@ def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, 
     assert sum(trained) == 9  # every cell trained once, none twice
     study = load_study("tiny", storage_url)
     # Trained by these three workers (which of them took how many depends on timing).
-    assert {t.system_attrs["harness.worker"]["pid"] for t in study.trials} <= {w.pid for w in workers}
+    assert {t.system_attrs["harness.studies.worker"]["pid"] for t in study.trials} <= {w.pid for w in workers}
     arms = ("baseline", "dropout=0.2", "noise=0.05")
     assert complete_by_cell(study) == {(a, s): 1 for a in arms for s in (0, 1, 2)}
     assert len(study.trials) == 9
@@ -332,7 +332,7 @@ def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, 
 
 def test_a_dead_but_unreaped_worker_counts_as_dead():
     """A SIGKILLed worker whose parent has not reaped it yet is a zombie: /proc still lists it."""
-    from harness.liveness import process_start
+    from harness.studies.liveness import process_start
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     assert process_start(child.pid) is not None
@@ -347,9 +347,9 @@ def test_a_dead_but_unreaped_worker_counts_as_dead():
 def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
     """A worker killed after creating its MLflow run but before writing the run id on its trial
     leaves a RUNNING run that only its tags tie to the trial: reaping closes it as KILLED."""
-    from harness.liveness import ATTR
-    from harness.study import create_ablation, reap_dead
-    from harness.tracking import RunTracker, init_store
+    from harness.studies.liveness import ATTR
+    from harness.studies.study import create_ablation, reap_dead
+    from harness.tracking.store import RunTracker, init_store
 
     spec = load_spec(write_spec(project, tiny, seeds=(0,)))
     client = init_store()
@@ -360,9 +360,9 @@ def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
     study._storage.set_trial_system_attr(trial._trial_id, ATTR, {
         "host": socket.gethostname(), "pid": dead.pid, "start": "1"})
     orphan = RunTracker.start(client, spec.name, "orphan", {
-        "harness.study": spec.name, "optuna.trial_number": str(trial.number)})
+        "harness.studies.study": spec.name, "optuna.trial_number": str(trial.number)})
     other_study = RunTracker.start(client, spec.name, "other", {
-        "harness.study": "another", "optuna.trial_number": str(trial.number)})
+        "harness.studies.study": "another", "optuna.trial_number": str(trial.number)})
 
     assert reap_dead(study, client) == [trial.number]
     run = client.get_run(orphan.run_id)
@@ -372,7 +372,7 @@ def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
 
 
 def test_the_worker_layout_message_shows_a_configured_thread_count(monkeypatch):
-    from harness.launch import layout
+    from harness.studies.launch import layout
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert layout(2, {None}) == "2 worker(s) x 4 thread(s)"

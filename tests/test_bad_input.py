@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.tracking import init_store
+from harness.tracking.store import init_store
 
 LONG = "a" * 300
 

@@ -26,10 +26,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.config import build_config
-from harness.spec import cell_config
-from harness.storage import default_storage, load_study
-from harness.train import train
+from harness.core.config import build_config
+from harness.studies.spec import cell_config
+from harness.tracking.storage import default_storage, load_study
+from harness.core.train import train
 
 from conftest import SHARED_DATA
 from test_ablation import complete_by_cell, sigterm_reached, stopped_mid_trial, write_spec
@@ -108,7 +108,7 @@ def test_ctrl_c_of_the_run_driver_then_rerun_then_report(project, tiny, capsys):
     except AssertionError:
         driver.kill()
         raise
-    pid = held.system_attrs["harness.worker"]["pid"]
+    pid = held.system_attrs["harness.studies.worker"]["pid"]
     os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers all get it
     wait_for(lambda: sigterm_reached(pid), "the driver stopping its workers", timeout=60, poll=0.1)
     with contextlib.suppress(ProcessLookupError):
@@ -171,10 +171,10 @@ def test_shipped_experiments_pass_a_dry_run(path, project, capsys, monkeypatch):
 def test_shipped_studies_validate_and_pass_preflight(path, monkeypatch):
     """What `ablate search` checks before it touches a store: the spec and its space (every
     extreme builds a config), and the baseline's pre-flight at every seed."""
-    from harness.run import preflight
-    from harness.search import describe
-    from harness.search_space import load_search_spec
-    from harness.worker import DataCache
+    from harness.tracking.run import preflight
+    from harness.studies.search import describe
+    from harness.studies.search_space import load_search_spec
+    from harness.studies.worker import DataCache
 
     if SHARED_DATA.exists():
         monkeypatch.setenv("ABLATE_TINYSHAKESPEARE", str(SHARED_DATA))

@@ -58,10 +58,10 @@ def test_dry_run_of_a_large_study_says_it_needs_yes(project, tiny, capsys):
 
 def test_status_starts_without_torch_or_mlflow(project, tiny):
     """`ablate status` reads Optuna alone: the modules that take seconds to import stay out."""
-    from harness.spec import load_spec
-    from harness.storage import default_storage, open_storage
-    from harness.study import create_ablation
-    from harness.tracking import init_store
+    from harness.studies.spec import load_spec
+    from harness.tracking.storage import default_storage, open_storage
+    from harness.studies.study import create_ablation
+    from harness.tracking.store import init_store
 
     spec = load_spec(write_spec(project, tiny))
     create_ablation(spec, open_storage(default_storage()), default_storage(), init_store())

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.config import Config, build_config, flatten, load_config, parse_set_args, valid_keys
-from harness.errors import UsageError
+from harness.core.config import Config, build_config, flatten, load_config, parse_set_args, valid_keys
+from harness.core.errors import UsageError
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness.storage import open_storage
+from harness.tracking.storage import open_storage
 
 from postgres import free_port
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-import harness.data as data_mod
-from harness.data import (TINYSHAKESPEARE_SHA256, Vocab, epoch_batches, eval_windows, load_corpus,
+import harness.core.data as data_mod
+from harness.core.data import (TINYSHAKESPEARE_SHA256, Vocab, epoch_batches, eval_windows, load_corpus,
                           make_dataset, markdown_play_to_tiny, windows, windows_per_epoch)
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 from conftest import SHARED_DATA
 

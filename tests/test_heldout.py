@@ -12,12 +12,12 @@ import dataclasses
 import pytest
 import torch
 
-from harness.augment import augment_batch
-from harness.config import AugmentConfig, ModelConfig, build_config
-from harness.data import Corpus, make_dataset
-from harness.metrics import Evaluation, summarize
-from harness.model import GPT, IGNORE_INDEX
-from harness.train import prepare_data, train
+from harness.core.augment import augment_batch
+from harness.core.config import AugmentConfig, ModelConfig, build_config
+from harness.core.data import Corpus, make_dataset
+from harness.core.metrics import Evaluation, summarize
+from harness.core.model import GPT, IGNORE_INDEX
+from harness.core.train import prepare_data, train
 
 
 def test_split_keeps_nanogpts_training_text_and_puts_test_last():
@@ -32,7 +32,7 @@ def test_split_keeps_nanogpts_training_text_and_puts_test_last():
 
 
 def test_split_fractions_must_leave_training_text():
-    from harness.errors import UsageError
+    from harness.core.errors import UsageError
 
     with pytest.raises(UsageError, match=r"data.test_fraction=0.5: .*val_fraction \+ test_fraction must be below 1"):
         build_config({}, {"data.val_fraction": 0.5, "data.test_fraction": 0.5})

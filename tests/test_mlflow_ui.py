@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.mlflow_ui import VIEW_TAG, ablation_view, experiment_url, run_url
-from harness.storage import default_storage, load_study
+from harness.tracking.mlflow_ui import VIEW_TAG, ablation_view, experiment_url, run_url
+from harness.tracking.storage import default_storage, load_study
 
 from postgres import free_port
 from test_ablation import write_spec
@@ -37,10 +37,10 @@ def test_links_open_the_model_training_view_and_the_study_view():
 
 
 def test_a_search_opens_on_its_trials_best_first(project, tiny):
-    from harness.search import create_search
-    from harness.search_space import load_search_spec
-    from harness.storage import open_storage
-    from harness.tracking import init_store
+    from harness.studies.search import create_search
+    from harness.studies.search_space import load_search_spec
+    from harness.tracking.storage import open_storage
+    from harness.tracking.store import init_store
     from test_search import write_search
 
     spec = load_search_spec(str(write_search(project, tiny)))

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.augment import augment_batch
-from harness.config import AugmentConfig, ModelConfig
-from harness.model import GPT, decay_groups
+from harness.core.augment import augment_batch
+from harness.core.config import AugmentConfig, ModelConfig
+from harness.core.model import GPT, decay_groups
 
 
 @pytest.mark.parametrize("norm", ["pre", "post", "none"])

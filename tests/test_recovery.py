@@ -18,13 +18,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import liveness
-from harness.liveness import ATTR, WorkerId, is_dead, process_start
-from harness.spec import load_spec
-from harness.storage import default_storage, load_study, open_storage
-from harness.study import STALE, arm_configs, create_ablation, enqueue_missing, first_owner, reap_dead
-from harness.tracking import RunTracker, init_store
-from harness.worker import DataCache, pop_waiting, run_ablation_cell
+from harness.studies import liveness
+from harness.studies.liveness import ATTR, WorkerId, is_dead, process_start
+from harness.studies.spec import load_spec
+from harness.tracking.storage import default_storage, load_study, open_storage
+from harness.studies.study import STALE, arm_configs, create_ablation, enqueue_missing, first_owner, reap_dead
+from harness.tracking.store import RunTracker, init_store
+from harness.studies.worker import DataCache, pop_waiting, run_ablation_cell
 
 from test_ablation import complete_by_cell, stopped_mid_trial, write_spec
 

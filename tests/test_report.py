@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from report_fixtures import ABLATION_ARMS, SCRIPT_ARM, shared_store
 
-from harness.config import build_config
-from harness.errors import UsageError
+from harness.core.config import build_config
+from harness.core.errors import UsageError
 from harness.report import build_report, default_out_dir
 from harness.report.arms import group_runs
-from harness.metrics import SUMMARY_METRICS
+from harness.core.metrics import SUMMARY_METRICS
 from harness.report.collect import load_study, local_path
 from harness.report.output import MARKER
 

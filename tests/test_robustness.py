@@ -18,16 +18,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.config import build_config
-from harness.errors import UsageError
+from harness.core.config import build_config
+from harness.core.errors import UsageError
 from harness.report import build_report
-from harness.run import run_tracked
-from harness.spec import load_spec, parse_spec
-from harness.storage import default_storage, load_study, open_storage
-from harness.study import create_ablation, info
-from harness.tracking import init_store
-from harness.train import Interrupted
-from harness.worker import run_worker
+from harness.tracking.run import run_tracked
+from harness.studies.spec import load_spec, parse_spec
+from harness.tracking.storage import default_storage, load_study, open_storage
+from harness.studies.study import create_ablation, info
+from harness.tracking.store import init_store
+from harness.core.train import Interrupted
+from harness.studies.worker import run_worker
 
 from postgres import free_port
 from report_fixtures import Store, make_loose
@@ -123,8 +123,8 @@ def test_init_from_a_run_reads_the_project_store_and_creates_no_other(project: P
 def test_a_study_whose_creation_fails_leaves_nothing_behind_and_runs_again(project: Path, tiny: dict) -> None:
     """The parent run's artifacts cannot be written (a file stands where its folder goes): the
     failure happens after the Optuna study and the MLflow parent run exist. Neither may remain."""
-    from harness.search import create_search
-    from harness.search_space import parse_search_spec
+    from harness.studies.search import create_search
+    from harness.studies.search_space import parse_search_spec
 
     client = init_store()
     url = default_storage()
@@ -234,7 +234,7 @@ def test_ctrl_c_of_ablate_run_closes_the_running_cells(project: Path, tiny: dict
             trials = load_study(spec.name, default_storage(), create=False).get_trials(states=(TrialState.RUNNING,))
         except UsageError:
             continue
-        claimed = [t for t in trials if "harness.worker" in t.system_attrs and "mlflow_run_id" in t.user_attrs]
+        claimed = [t for t in trials if "harness.studies.worker" in t.system_attrs and "mlflow_run_id" in t.user_attrs]
     assert len(claimed) == 2, "the workers never started training"
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=120)

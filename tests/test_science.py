@@ -20,12 +20,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import train as train_mod
-from harness.config import Config, build_config
-from harness.data import eval_windows
-from harness.metrics import EVAL_METRICS, HISTORY_COLUMNS, history_columns
-from harness.model import GPT, IGNORE_INDEX
-from harness.train import make_optimizer, prepare_data, train
+from harness.core import train as train_mod
+from harness.core.config import Config, build_config
+from harness.core.data import eval_windows
+from harness.core.metrics import EVAL_METRICS, HISTORY_COLUMNS, history_columns
+from harness.core.model import GPT, IGNORE_INDEX
+from harness.core.train import make_optimizer, prepare_data, train
 
 from test_heldout import loss_calls  # noqa: F401  (the GPT.loss spy fixture)
 
@@ -33,7 +33,7 @@ from test_heldout import loss_calls  # noqa: F401  (the GPT.loss spy fixture)
 def eval_mode_loss(cfg: Config, weights: dict[str, torch.Tensor], vocab_size: int,
                    windows: torch.Tensor) -> float:
     """Mean per-character cross-entropy of `weights` on `windows`, dropout off: computed in one
-    batch, without anything from harness.train."""
+    batch, without anything from harness.core.train."""
     model = GPT(cfg.model, vocab_size, cfg.data.block_size)
     model.load_state_dict(weights)
     model.eval()
@@ -70,7 +70,7 @@ def test_adam_couples_weight_decay_and_adamw_decouples_it(tiny, name):
     adamw (decoupled): a decayed matrix shrinks by exactly (1 - lr * wd); the Adam update of a zero
     gradient is zero. adam (coupled L2): wd * p joins the gradient, so Adam's first step moves each
     decayed weight by lr * g / (|g| + eps) with g = wd * p, about lr * sign(p). Biases, norms and the position
-    table decay in neither (harness.model.decay_groups)."""
+    table decay in neither (harness.core.model.decay_groups)."""
     lr, wd = 0.01, 0.1
     cfg = build_config({}, {**tiny, "optim.name": name, "optim.lr": lr, "optim.weight_decay": wd,
                             "model.n_layer": 2})
@@ -230,7 +230,7 @@ def test_a_resumed_run_keeps_its_schedule(tiny, schedule):
     """The scheduler's own state travels in the checkpoint: a resumed cosine (whose next rate
     depends on how far it is) or step-2 schedule applies the learning rates of the run never
     interrupted, and so ends with its losses."""
-    from harness.train import Hooks, Interrupted
+    from harness.core.train import Hooks, Interrupted
 
     cfg = build_config({}, {**tiny, "train.epochs": 5, "optim.lr": 0.01, "schedule": schedule})
     full = train(cfg)
@@ -249,8 +249,8 @@ def test_a_resumed_run_keeps_its_schedule(tiny, schedule):
 def test_plateau_counts_the_evaluation_that_ends_the_warmup():
     """ReduceLROnPlateau starts judging at the evaluation where warmup has just ended: after a
     best value there, one worse evaluation (patience 0) halves the rate."""
-    from harness.config import PlateauSchedule
-    from harness.schedules import LRSchedule
+    from harness.core.config import PlateauSchedule
+    from harness.core.schedules import LRSchedule
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
@@ -267,7 +267,7 @@ def test_overfit_onset_at_its_edges():
     """The onset is the evaluation before validation loss rose `patience` times in a row, and
     rose means strictly: from the very first evaluation on, never counting a flat step, and one
     rise short of `patience` is no onset."""
-    from harness.metrics import overfit_onset
+    from harness.core.metrics import overfit_onset
 
     epochs = [1.0, 2.0, 3.0, 4.0]
     assert overfit_onset([3.0, 3.1, 3.2, 2.0], epochs, 2) == 1.0
@@ -279,7 +279,7 @@ def test_overfit_onset_at_its_edges():
 def test_step_stats_accumulate_between_evaluations():
     """The per-evaluation numbers (mean loss and gradient norm, max norm, clipped fraction,
     tokens per second, the applied lr) come from these sums; the summary keeps the wall time."""
-    from harness.metrics import Evaluation, StepStats, summarize
+    from harness.core.metrics import Evaluation, StepStats, summarize
 
     stats = StepStats()
     stats.add(2.0, 1.0, False, 10, 0.5, 0.1)
@@ -305,8 +305,8 @@ def test_cosine_after_warmup_anneals_over_the_rest_of_the_run(tiny):
 def test_the_optimizer_and_plateau_take_their_configured_constants(tiny):
     """betas and eps reach the optimizer, and the plateau scheduler's threshold decides what an
     improvement is (defaults would pass for every other value)."""
-    from harness.config import PlateauSchedule
-    from harness.schedules import LRSchedule
+    from harness.core.config import PlateauSchedule
+    from harness.core.schedules import LRSchedule
 
     cfg = build_config({}, {**tiny, "optim.betas": [0.8, 0.95], "optim.eps": 1e-6})
     optimizer = make_optimizer(GPT(cfg.model, 30, cfg.data.block_size), cfg)
@@ -322,8 +322,8 @@ def test_augmentation_draws_only_from_its_own_generator():
     """Swaps and noise come from the generator train() gives them (seeded from train.seed, saved
     in checkpoints), never from torch's global one, whose stream is dropout's: an augmentation
     arm keeps the baseline's dropout masks, and the same generator state gives the same batch."""
-    from harness.augment import augment_batch
-    from harness.config import AugmentConfig
+    from harness.core.augment import augment_batch
+    from harness.core.config import AugmentConfig
 
     x = torch.arange(4000).view(40, 100) % 37
     cfg = AugmentConfig(char_swap=0.2, noise=0.2)

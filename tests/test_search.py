@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.errors import UsageError
-from harness.search import counts_toward_total
-from harness.search_space import parse_search_spec
-from harness.storage import default_storage, load_study
-from harness.tracking import local_artifact_dir
+from harness.core.errors import UsageError
+from harness.studies.search import counts_toward_total
+from harness.studies.search_space import parse_search_spec
+from harness.tracking.storage import default_storage, load_study
+from harness.tracking.store import local_artifact_dir
 
 from test_ablation import sigterm_reached, stopped_mid_trial
 
@@ -232,7 +232,7 @@ def test_mapping_choices_are_encoded_as_labels_and_decoded():
 
 
 def test_importance_and_figures_handle_few_and_enough_trials():
-    from harness.search_figures import history, importance, importance_table, intermediate, trials_frame
+    from harness.report.search_figures import history, importance, importance_table, intermediate, trials_frame
 
     step_size = {"int": [1, 4], "when": {"schedule.name": "step"}}
     spec = parse_search_spec(spec_with(space={"schedule.step_size": step_size}))
@@ -269,7 +269,7 @@ def reservation_study(spec, target: int) -> optuna.Study:
 
 
 def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
-    from harness.search import pop_slot, reserve
+    from harness.studies.search import pop_slot, reserve
 
     spec = parse_search_spec(spec_with())
     study = reservation_study(spec, 5)
@@ -304,7 +304,7 @@ def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
 
 
 def test_grid_sampler_walks_its_grid_through_the_reservation():
-    from harness.search import pop_slot, reserve
+    from harness.studies.search import pop_slot, reserve
 
     raw = spec_with(sampler="grid", space={"model.dropout": {"float": [0.0, 0.2], "step": 0.1}})
     spec = parse_search_spec(raw)
@@ -322,8 +322,8 @@ def test_grid_sampler_walks_its_grid_through_the_reservation():
 
 
 def test_pruning_reports_the_best_so_far_and_never_prunes_the_last_evaluation(tiny):
-    from harness.metrics import Evaluation
-    from harness.search import pruning_hook
+    from harness.core.metrics import Evaluation
+    from harness.studies.search import pruning_hook
 
     spec = parse_search_spec(spec_with(pruner={"name": "median", "n_startup_trials": 1}))
     cfg = spec.config_for({}).model_copy(update={"train": spec.base.train.model_copy(update={"epochs": 3})})
@@ -380,7 +380,7 @@ def test_search_reaches_the_exact_total_with_pruned_failed_and_conditional_trial
                                               "harness.baseline_arm")} == {
         "harness.kind": "study", "harness.study_type": "search", "harness.objective": "val_loss",
         "harness.baseline_arm": "trial-0"}
-    assert parent.data.tags["harness.storage"] == default_storage()
+    assert parent.data.tags["harness.tracking.storage"] == default_storage()
     for name in ("trials.csv", "best_trials.json", "importance.csv", "importance.json", "history.png",
                  "intermediate.png"):
         assert artifact(client, parent.info.run_id, f"search/{name}").exists(), name
@@ -402,7 +402,7 @@ def test_search_reaches_the_exact_total_with_pruned_failed_and_conditional_trial
 def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project, tiny, capsys, monkeypatch):
     monkeypatch.setenv("ABLATE_POLL_S", "0.5")
     monkeypatch.setenv("ABLATE_GRACE_S", "5")  # workers: reap an unclaimed trial within seconds
-    monkeypatch.setattr("harness.liveness.GRACE_S", 5.0)  # this process, the rerun's driver
+    monkeypatch.setattr("harness.studies.liveness.GRACE_S", 5.0)  # this process, the rerun's driver
     path = write_search(project, {**tiny, "train.epochs": 4}, pruner="none",
                         space={k: v for k, v in SPACE.items() if k != "optim.lr"})
     env = {**os.environ, "ABLATE_HOME": str(project)}
@@ -424,7 +424,7 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
     # Ctrl-C while a worker is mid-trial, made certain: that worker is frozen holding its trial
     # until the driver's SIGTERM has reached it (it dies without running on).
     held = stopped_mid_trial("tiny", default_storage(), deadline)
-    pid = held.system_attrs["harness.worker"]["pid"]
+    pid = held.system_attrs["harness.studies.worker"]["pid"]
     driver.send_signal(signal.SIGINT)
     while not sigterm_reached(pid) and time.time() < deadline:
         time.sleep(0.1)
@@ -439,7 +439,7 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
     assert stopped.state == TrialState.FAIL and "is gone" in stopped.system_attrs["harness.reaped"]
     run = store().get_run(held.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "worker died" in run.data.tags["harness.reason"]
-    assert all("harness.worker" not in t.system_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
+    assert all("harness.studies.worker" not in t.system_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
     before = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
     # A --timeout that passes before the workers are up starts no trial and keeps the reservation.
@@ -508,10 +508,10 @@ def test_two_objectives_give_a_pareto_front_with_paired_seeds_and_a_confirmation
 
 
 def test_reopening_a_study_keeps_it_and_a_changed_spec_is_refused(project, tiny, capsys):
-    from harness.search import create_search
-    from harness.search_space import load_search_spec
-    from harness.storage import open_storage
-    from harness.tracking import init_store
+    from harness.studies.search import create_search
+    from harness.studies.search_space import load_search_spec
+    from harness.tracking.storage import open_storage
+    from harness.tracking.store import init_store
 
     path = write_search(project, tiny)
     client, url = init_store(), default_storage()

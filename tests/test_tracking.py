@@ -9,11 +9,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.config import build_config
-from harness.metrics import EVAL_METRICS, HISTORY_COLUMNS, SUMMARY_METRICS
-from harness.run import resume_tracked, run_tracked
-from harness.tracking import init_store, local_artifact_dir
-from harness.train import Interrupted, NonFiniteLoss
+from harness.core.config import build_config
+from harness.core.metrics import EVAL_METRICS, HISTORY_COLUMNS, SUMMARY_METRICS
+from harness.tracking.run import resume_tracked, run_tracked
+from harness.tracking.store import init_store, local_artifact_dir
+from harness.core.train import Interrupted, NonFiniteLoss
 
 
 def runs(client, experiment="train"):
@@ -106,7 +106,7 @@ def test_transfer_from_an_mlflow_run(project, tiny, small_corpus):
     assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     other = small_corpus.parent / "other.txt"
     other.write_text("abc def\n" * 2000)
-    from harness.errors import UsageError
+    from harness.core.errors import UsageError
     with pytest.raises(UsageError, match="vocabulary has"):
         run_tracked(build_config({}, {**tiny, "data.corpus": f"file:{other}",
                                       "transfer.init_from": f"runs:/{source.run_id}"}), client, "train")
@@ -165,7 +165,7 @@ def test_cli_data_describes_the_corpus(project, small_corpus, capsys):
 
 
 def test_run_tracker_redacts_nothing_but_passwords():
-    from harness.tracking import redact
+    from harness.tracking.store import redact
     assert redact("postgresql+psycopg2://me:secret@127.0.0.1:5432/db") == "postgresql+psycopg2://me:***@127.0.0.1:5432/db"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
 

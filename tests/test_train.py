@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from harness.config import build_config
-from harness.errors import UsageError
-from harness.metrics import Evaluation, overfit_onset, summarize
-from harness.train import Hooks, Interrupted, NonFiniteLoss, train
+from harness.core.config import build_config
+from harness.core.errors import UsageError
+from harness.core.metrics import Evaluation, overfit_onset, summarize
+from harness.core.train import Hooks, Interrupted, NonFiniteLoss, train
 
 
 def losses(result):
@@ -128,7 +128,7 @@ def test_should_stop_ends_the_run_with_its_reason(tiny):
 
 
 def test_freeze_blocks_keeps_them_fixed(tiny):
-    from harness.train import build_model, prepare_data
+    from harness.core.train import build_model, prepare_data
 
     with pytest.raises(UsageError, match="freeze_blocks=3"):
         train(build_config({}, {**tiny, "transfer.freeze_blocks": 3}))

@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 
 from harness.cli import build_parser
-from harness.config import build_config
-from harness.run import run_tracked
-from harness.tracking import init_store
+from harness.core.config import build_config
+from harness.tracking.run import run_tracked
+from harness.tracking.store import init_store
 
 from postgres import free_port
 
@@ -30,7 +30,7 @@ def test_ui_binds_loopback_by_default():
 def test_ui_optuna_without_the_dashboard_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from harness.errors import UsageError
+    from harness.core.errors import UsageError
     from harness.ui import dashboard_command
 
     real = importlib.util.find_spec

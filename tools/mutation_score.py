@@ -7,7 +7,7 @@ the score is killed / (killed + survived + timed out). Survivors and timeouts ar
 judged: a test missing, or an equivalent mutant (README, "Tests", lists the ones judged
 equivalent). Mutants not run (an interrupted run) are left out of the score and listed.
 
-    python tools/mutation_score.py 'harness.metrics.*' 'harness.model.x_decay_groups*' ...
+    python tools/mutation_score.py 'harness.core.metrics.*' 'harness.core.model.x_decay_groups*' ...
 """
 
 from __future__ import annotations

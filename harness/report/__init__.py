@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from harness.report import arms as arms_mod
 from harness.report import collect, figures, links, render, search, stats
 from harness.report.output import claim_out_dir
@@ -112,7 +112,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     samples = _samples(runs, featured, study.tracking_uri)
     search_data, search_note = (None, "only searches have an Optuna study to read")
     if study_type == "search":
-        search_data, search_note = search.load_search(name, study.parent_tag("harness.storage"),
+        search_data, search_note = search.load_search(name, study.parent_tag("harness.tracking.storage"),
                                                       study.parent_tag("harness.objective"))
         notes.append(search_note)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 SEED_PARAM = "params.train.seed"
 

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 HISTORY_FILE = "history.json"
 _DOWNLOAD_THREADS = 8
@@ -130,8 +130,8 @@ def _row(run: Any) -> dict[str, Any]:
 
 
 def safe_uri(uri: str) -> str:
-    """The tracking URI without its password, in any form (harness.tracking.redact)."""
-    from harness.tracking import redact
+    """The tracking URI without its password, in any form (harness.tracking.store.redact)."""
+    from harness.tracking.store import redact
 
     return redact(uri)
 

@@ -1,9 +1,9 @@
-"""Addresses of runs and arms in the MLflow UI (built by harness.mlflow_ui, so
+"""Addresses of runs and arms in the MLflow UI (built by harness.tracking.mlflow_ui, so
 they open MLflow 3's model-training view, never its GenAI overview)."""
 
 from __future__ import annotations
 
-from harness.mlflow_ui import filtered_runs_url, run_url
+from harness.tracking.mlflow_ui import filtered_runs_url, run_url
 
 __all__ = ["arm_url", "run_url"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 MARKER = ".ablate-report"
 """The file that marks a folder as written by `ablate report` (and so safe to rewrite)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from harness.metrics import SUMMARY_METRICS
+from harness.core.metrics import SUMMARY_METRICS
 from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
 from harness.report.links import run_url

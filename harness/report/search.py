@@ -31,9 +31,9 @@ class SearchData:
 
 
 def open_storage(url: str) -> BaseStorage:
-    """A read-only view of the Optuna storage recorded in harness.storage.
+    """A read-only view of the Optuna storage recorded in harness.tracking.storage.
 
-    Same URLs as the study engine (harness.storage): ``journal:PATH``, or an RDB URL
+    Same URLs as the study engine (harness.tracking.storage): ``journal:PATH``, or an RDB URL
     (postgresql+psycopg2://..., sqlite:///...). Unlike the engine it never creates anything:
     a journal file or SQLite database that does not exist raises FileNotFoundError. The tag has
     its password removed, so a password-protected server answers with an authentication error.
@@ -53,7 +53,7 @@ def open_storage(url: str) -> BaseStorage:
 def load_search(name: str, storage_url: str | None, objective_tag: str | None) -> tuple[SearchData | None, str]:
     """The study `name` in `storage_url`, or None and the reason it is unavailable."""
     if not storage_url:
-        return None, "the study's parent run has no harness.storage tag"
+        return None, "the study's parent run has no harness.tracking.storage tag"
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
     except Exception as exc:  # noqa: BLE001 - any storage failure only costs the Optuna figures

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 FORMAT = 1
 
@@ -42,14 +42,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def resolve_checkpoint(ref: str) -> Path:
     """A path, or `runs:/<run id>` for that MLflow run's `checkpoint/last.pt` artifact.
 
-    The run is looked up in the project's store (harness.tracking.tracking_uri), which may not be
+    The run is looked up in the project's store (harness.tracking.store.tracking_uri), which may not be
     open yet (preflight runs before it is), and a store that does not exist is not created.
     """
     if not ref.startswith("runs:/"):
         return Path(ref).expanduser()
     import mlflow  # only here: checkpoint paths need no tracking store
 
-    from harness.tracking import read_store, tracking_uri
+    from harness.tracking.store import read_store, tracking_uri
 
     run_id = ref[len("runs:/"):].strip("/").split("/")[0]
     read_store(f"transfer.init_from={ref!r}")

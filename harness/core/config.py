@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 
 MAX_SEED = 2**63 - 1

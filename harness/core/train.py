@@ -16,15 +16,15 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from harness.augment import augment_batch
-from harness.checkpoint import load_checkpoint, resolve_checkpoint
-from harness.config import Config
-from harness.data import (Dataset, epoch_batches, eval_windows, load_corpus, make_dataset,
+from harness.core.augment import augment_batch
+from harness.core.checkpoint import load_checkpoint, resolve_checkpoint
+from harness.core.config import Config
+from harness.core.data import (Dataset, epoch_batches, eval_windows, load_corpus, make_dataset,
                           windows_per_epoch)
-from harness.errors import UsageError
-from harness.metrics import Evaluation, StepStats, Summary, summarize
-from harness.model import GPT, decay_groups
-from harness.schedules import LRSchedule
+from harness.core.errors import UsageError
+from harness.core.metrics import Evaluation, StepStats, Summary, summarize
+from harness.core.model import GPT, decay_groups
+from harness.core.schedules import LRSchedule
 
 
 class NonFiniteLoss(RuntimeError):

@@ -20,7 +20,7 @@ import optuna
 
 HEARTBEAT_S = float(os.environ.get("ABLATE_HEARTBEAT_S", "10"))
 GRACE_S = float(os.environ.get("ABLATE_GRACE_S", "60"))
-ATTR = "harness.worker"
+ATTR = "harness.studies.worker"
 
 
 def process_start(pid: int) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau, StepLR
 
-from harness.config import CosineSchedule, PlateauSchedule, StepSchedule
+from harness.core.config import CosineSchedule, PlateauSchedule, StepSchedule
 
 
 class LRSchedule:

@@ -26,9 +26,9 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.errors import UsageError
-from harness.metrics import Evaluation, Summary, history_columns
-from harness.paths import mlruns_dir, project_root
+from harness.core.errors import UsageError
+from harness.core.metrics import Evaluation, Summary, history_columns
+from harness.core.paths import mlruns_dir, project_root
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
@@ -162,7 +162,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         location = (mlruns_dir() / "artifacts" / _safe(name)).as_uri()
     try:
         # The kind tag marks the experiment as model training for MLflow 3 UIs that read it; 3.17's
-        # browser-kept GenAI switch ignores it, so links carry harness.mlflow_ui's parameters.
+        # browser-kept GenAI switch ignores it, so links carry harness.tracking.mlflow_ui's parameters.
         return client.create_experiment(name, artifact_location=location,
                                         tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:
@@ -301,7 +301,7 @@ def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
 
 
 def save_checkpoint_artifact(tracker: RunTracker, state: dict[str, Any]) -> None:
-    from harness.checkpoint import save_checkpoint
+    from harness.core.checkpoint import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "last.pt"

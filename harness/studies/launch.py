@@ -11,7 +11,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from harness.paths import project_root
+from harness.core.paths import project_root
 
 
 def default_workers(cells: int) -> int:
@@ -44,7 +44,7 @@ def spawn_workers(study: str, storage_url: str, workers: int, threads: int,
     every process's arguments, with a PostgreSQL password, to every user of the machine, while a
     process's environment is readable only by its owner.
     """
-    from harness.storage import STORAGE_ENV
+    from harness.tracking.storage import STORAGE_ENV
 
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ABLATE_HOME": str(project_root()), "OMP_NUM_THREADS": str(threads),

@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.search import counts_toward_total, is_baseline
-from harness.search_space import SearchSpec
-from harness.study import info
+from harness.studies.search import counts_toward_total, is_baseline
+from harness.studies.search_space import SearchSpec
+from harness.studies.study import info
 
 ARTIFACTS = "search"
 MIN_IMPORTANCE_TRIALS = 4

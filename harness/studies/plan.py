@@ -14,8 +14,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from harness.errors import UsageError
-from harness.spec import LARGE_STUDY_CELLS, AblationSpec, cell_config
+from harness.core.errors import UsageError
+from harness.studies.spec import LARGE_STUDY_CELLS, AblationSpec, cell_config
 
 CALIBRATION_FRACTION = 0.1
 """The share of the baseline's epochs trained to calibrate the estimate when nothing finished yet."""
@@ -35,8 +35,8 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
     """
     from optuna.trial import TrialState
 
-    from harness.storage import load_study
-    from harness.study import cell_status, trials_by_cell
+    from harness.tracking.storage import load_study
+    from harness.studies.study import cell_status, trials_by_cell
 
     missing = {cell.key: "missing" for cell in spec.cells}
     try:
@@ -54,8 +54,8 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
 def calibrate(spec: AblationSpec, threads: int) -> Estimate:
     """Train the baseline arm (its first seed) for CALIBRATION_FRACTION of its epochs, untracked,
     and scale the time to the full budget."""
-    from harness.config import build_config
-    from harness.train import train
+    from harness.core.config import build_config
+    from harness.core.train import train
 
     arm = spec.arm(spec.baseline)
     full = cell_config(arm.config, spec.seeds[0])
@@ -73,7 +73,7 @@ def calibrate(spec: AblationSpec, threads: int) -> Estimate:
 def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes: bool) -> str:
     """The dry run's lines after the arms table: done cells, the estimate (for `workers`, by
     default one per core, as the run would start them), the --yes note."""
-    from harness.launch import default_workers, threads_per_worker
+    from harness.studies.launch import default_workers, threads_per_worker
 
     states, durations, unreadable = cell_states(spec, storage_url)
     lines = []

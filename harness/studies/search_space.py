@@ -1,6 +1,6 @@
 """Search specs (`studies/NAME.yaml`): the base recipe, the objective, the sampler and pruner, and
 the space of dotted config paths Optuna searches. Parsing validates everything a trial could
-trip on before any study exists; the format is documented in `harness.search`.
+trip on before any study exists; the format is documented in `harness.studies.search`.
 
 A trial's config is always `base` plus the trial's decoded parameters, applied in the order the
 space lists them, so the same parameters give the same recipe on every machine.
@@ -19,10 +19,10 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 
-from harness.config import (Config, ConstantSchedule, CosineSchedule, PlateauSchedule, StepSchedule,
+from harness.core.config import (Config, ConstantSchedule, CosineSchedule, PlateauSchedule, StepSchedule,
                             build_config, read_yaml, set_dotted)
-from harness.errors import UsageError
-from harness.spec import check_name, check_path, check_seeds, format_value
+from harness.core.errors import UsageError
+from harness.studies.spec import check_name, check_path, check_seeds, format_value
 
 SPEC_KEYS = ("name", "description", "base", "objective", "sampler", "pruner", "trials", "seeds_per_trial",
              "baseline", "confirm", "space")
@@ -242,7 +242,7 @@ class _GridSampler(GridSampler):
 # --- applying parameters -----------------------------------------------------------------------------
 
 def apply_values(base: Config, values: dict[str, Any], where: str = "") -> Config:
-    """`base` with each dotted path set to its value (harness.config.apply_overrides semantics),
+    """`base` with each dotted path set to its value (harness.core.config.apply_overrides semantics),
     except that `schedule.name` switches the scheduler, keeping only the base's keys the new one
     accepts (warmup and interval; a step_size means nothing to cosine)."""
     tree = base.to_dict()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import AugmentConfig
-from harness.model import IGNORE_INDEX
+from harness.core.config import AugmentConfig
+from harness.core.model import IGNORE_INDEX
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, vocab_size: int,

@@ -7,17 +7,17 @@ import json
 
 from optuna.trial import TrialState
 
-from harness.errors import UsageError
-from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
-from harness.mlflow_ui import DEFAULT_UI_URL, experiment_url
-from harness.paths import mlruns_dir
-from harness.run import preflight
-from harness.spec import AblationSpec, cell_config, load_spec
-from harness.storage import default_storage, open_storage
-from harness.study import (DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
+from harness.core.errors import UsageError
+from harness.studies.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
+from harness.tracking.mlflow_ui import DEFAULT_UI_URL, experiment_url
+from harness.core.paths import mlruns_dir
+from harness.tracking.run import preflight
+from harness.studies.spec import AblationSpec, cell_config, load_spec
+from harness.tracking.storage import default_storage, open_storage
+from harness.studies.study import (DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
                            reap_dead, trials_by_cell, write_arm_summaries)
-from harness.tracking import init_store
-from harness.worker import DataCache
+from harness.tracking.store import init_store
+from harness.studies.worker import DataCache
 
 
 def check_cells(spec: AblationSpec) -> None:
@@ -49,7 +49,7 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
     spec = load_spec(spec_path, allow_large=allow_large or dry_run)  # a dry run says when --yes is needed
     check_cells(spec)
     if dry_run:
-        from harness.plan import describe_plan
+        from harness.studies.plan import describe_plan
 
         print(describe(spec))
         print(describe_plan(spec, storage_url or default_storage(), workers, yes=allow_large))

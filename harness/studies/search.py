@@ -1,6 +1,6 @@
 """`ablate search studies/NAME.yaml`: an Optuna search over a regularization space.
 
-The spec (parsed and validated by `harness.search_space`; any error is one line, exit 2, and
+The spec (parsed and validated by `harness.studies.search_space`; any error is one line, exit 2, and
 nothing is created)::
 
     name: regularization
@@ -89,22 +89,22 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from harness.ablation import cells_table
-from harness.config import Config
-from harness.errors import UsageError
-from harness.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
-from harness.liveness import Heartbeat
-from harness.metrics import Evaluation
-from harness.mlflow_ui import set_view, trials_view
-from harness.paths import mlruns_dir
-from harness.run import RunOutcome, preflight, run_tracked
-from harness.search_space import SearchSpec, load_search_spec, parse_search_spec, space_configs
-from harness.spec import AblationSpec, Arm, cell_config, format_value
-from harness.storage import default_storage, open_storage
-from harness.study import (ATTR, REPORTED, SETTLED, cell_status, create_ablation, created_study, info, mean_ci,
+from harness.studies.ablation import cells_table
+from harness.core.config import Config
+from harness.core.errors import UsageError
+from harness.studies.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
+from harness.studies.liveness import Heartbeat
+from harness.core.metrics import Evaluation
+from harness.tracking.mlflow_ui import set_view, trials_view
+from harness.core.paths import mlruns_dir
+from harness.tracking.run import RunOutcome, preflight, run_tracked
+from harness.studies.search_space import SearchSpec, load_search_spec, parse_search_spec, space_configs
+from harness.studies.spec import AblationSpec, Arm, cell_config, format_value
+from harness.tracking.storage import default_storage, open_storage
+from harness.studies.study import (ATTR, REPORTED, SETTLED, cell_status, create_ablation, created_study, info, mean_ci,
                            reap_dead, tell_or_close_stale, write_arm_summaries)
-from harness.tracking import experiment_id, init_store, redact
-from harness.worker import POLL_S, DataCache, fail_trial, others_running
+from harness.tracking.store import experiment_id, init_store, redact
+from harness.studies.worker import POLL_S, DataCache, fail_trial, others_running
 
 
 
@@ -187,7 +187,7 @@ def spec_of(study: optuna.Study) -> SearchSpec:
 def run_search_worker(study: optuna.Study, client: MlflowClient) -> int:
     """Serve a search study until it reaches its total (or its deadline); returns trials trained.
 
-    Called by `harness.worker.run_worker` for studies of type "search". Like an ablation worker
+    Called by `harness.studies.worker.run_worker` for studies of type "search". Like an ablation worker
     it stays while others run, to take over the trial of a worker that died.
     """
     spec = spec_of(study)
@@ -254,7 +254,7 @@ def _train_seed(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
 
     return run_tracked(cfg, client, meta["experiment"], run_name=f"trial-{trial.number} seed={cfg.train.seed}",
                        parent_run_id=meta["parent_run_id"], should_stop=hook, on_start=started,
-                       tags={"harness.study": study.study_name, "harness.arm": f"trial-{trial.number}",
+                       tags={"harness.studies.study": study.study_name, "harness.arm": f"trial-{trial.number}",
                              "optuna.trial_number": trial.number},
                        dataset=data.get(cfg))
 
@@ -411,7 +411,7 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
 
 
 def _set_trials_view(client: MlflowClient, spec: SearchSpec) -> None:
-    """The search's runs table in the MLflow UI (harness.mlflow_ui): trials best first."""
+    """The search's runs table in the MLflow UI (harness.tracking.mlflow_ui): trials best first."""
     set_view(client, experiment_id(client, spec.name),
              trials_view(spec.objective.names, [p.path for p in spec.space]))
 
@@ -420,8 +420,8 @@ def _create_parent(client: MlflowClient, spec: SearchSpec, storage_url: str, mad
     """The study's parent run, listed in `made` as soon as it exists (see created_study)."""
     note = spec.description or f"Optuna search {spec.name}"
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
-        "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "search",
-        "harness.storage": redact(storage_url), "harness.objective": spec.objective.tag,
+        "harness.kind": "study", "harness.studies.study": spec.name, "harness.study_type": "search",
+        "harness.tracking.storage": redact(storage_url), "harness.objective": spec.objective.tag,
         "harness.objective_metric": spec.objective.names[0],
         "mlflow.note.content": f"{note} (objective: {', '.join(spec.objective.names)}, minimised)"})
     made.append(run.info.run_id)
@@ -462,7 +462,7 @@ def finish_search(study: optuna.Study, spec: SearchSpec, client: MlflowClient, i
     best = best_trials(study)
     print(best_lines(best, spec))
     # Imported here: importance (scikit-learn) and seaborn cost workers seconds they never use.
-    from harness.search_figures import log_results
+    from harness.report.search_figures import log_results
 
     notes = log_results(study, spec, client, best, importance)
     for note in notes:

@@ -19,8 +19,8 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from harness.errors import UsageError
-from harness.paths import mlruns_dir
+from harness.core.errors import UsageError
+from harness.core.paths import mlruns_dir
 
 ALLOWED = "journal:PATH, or postgresql+psycopg2://user:password@host:port/database"
 STORAGE_ENV = "ABLATE_STORAGE"
@@ -51,7 +51,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         try:
             if not create and not _has_optuna_tables(url):
                 # A reader never creates Optuna's tables in a database that has none.
-                from harness.tracking import redact
+                from harness.tracking.store import redact
 
                 raise UsageError(f"--storage {redact(url)!r}: the database holds no Optuna studies (no study "
                                  f"was created there; check the database name)")
@@ -60,8 +60,8 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         except UsageError:
             raise
         except Exception as exc:  # sqlalchemy raises many kinds for a dead or wrong server
-            # harness.tracking (MLflow) loads only to word an error: `ablate status` starts without it.
-            from harness.tracking import redact, scrub
+            # harness.tracking.store (MLflow) loads only to word an error: `ablate status` starts without it.
+            from harness.tracking.store import redact, scrub
 
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "DB access module" in reason or isinstance(exc, ImportError):
@@ -69,7 +69,7 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
                 raise UsageError(f"--storage {redact(url)!r}: the database driver for {scheme}:// is not "
                                  f"installed; allowed: {ALLOWED} (psycopg2 ships with ablate)") from None
             raise UsageError(f"--storage {redact(url)!r} does not answer: {scrub(reason, url)}") from None
-    from harness.tracking import redact
+    from harness.tracking.store import redact
 
     raise UsageError(f"--storage {redact(url)!r}: unknown kind of storage; allowed: {ALLOWED}")
 
@@ -154,7 +154,7 @@ def load_study(name: str, url: str, create: bool = True) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        from harness.tracking import redact
+        from harness.tracking.store import redact
 
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UsageError(f"no study {name!r} in storage {redact(url)!r}; studies there: "

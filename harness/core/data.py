@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import UsageError
-from harness.paths import project_root
+from harness.core.errors import UsageError
+from harness.core.paths import project_root
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

@@ -19,16 +19,16 @@ import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.config import Config
-from harness.data import Dataset
-from harness.liveness import Heartbeat
-from harness.run import RunOutcome, run_tracked
-from harness.spec import cell_config
-from harness.storage import load_study
-from harness.study import (REPORTED, arm_configs, enqueue_missing, first_owner, info, reap_dead,
+from harness.core.config import Config
+from harness.core.data import Dataset
+from harness.studies.liveness import Heartbeat
+from harness.tracking.run import RunOutcome, run_tracked
+from harness.studies.spec import cell_config
+from harness.tracking.storage import load_study
+from harness.studies.study import (REPORTED, arm_configs, enqueue_missing, first_owner, info, reap_dead,
                            tell_or_close_stale)
-from harness.tracking import init_store
-from harness.train import NonFiniteLoss, prepare_data
+from harness.tracking.store import init_store
+from harness.core.train import NonFiniteLoss, prepare_data
 
 POLL_S = float(os.environ.get("ABLATE_POLL_S", "2"))
 log = logging.getLogger("ablate.worker")
@@ -70,7 +70,7 @@ def train_trial(study: optuna.Study, trial: optuna.Trial, cfg: Config, client: M
     try:
         outcome = run_tracked(
             cfg, client, meta["experiment"], run_name=run_name, parent_run_id=parent,
-            tags={"harness.study": study.study_name, "optuna.trial_number": trial.number, **tags},
+            tags={"harness.studies.study": study.study_name, "optuna.trial_number": trial.number, **tags},
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             should_stop=should_stop, dataset=data.get(cfg))
     except KeyboardInterrupt:
@@ -95,7 +95,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat,
     """Stop the heartbeat and tell the storage the trial failed, with `error` as user attribute.
 
     A training that diverged (NonFiniteLoss) is also marked `diverged`: a result of the recipe,
-    retried a bounded number of times (harness.study.DIVERGED_ATTEMPTS), not an accident.
+    retried a bounded number of times (harness.studies.study.DIVERGED_ATTEMPTS), not an accident.
     """
     beat.stop()
     if error is not None:
@@ -142,7 +142,7 @@ def run_worker(study_name: str, storage_url: str, threads: int | None = None) ->
     client = init_store()
     kind = info(study)["type"]
     if kind == "search":
-        from harness.search import run_search_worker
+        from harness.studies.search import run_search_worker
 
         return run_search_worker(study, client)
     configs = arm_configs(study)

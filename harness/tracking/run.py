@@ -13,14 +13,14 @@ import matplotlib.pyplot as plt
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.checkpoint import load_checkpoint
-from harness.config import Config
-from harness.curves import learning_curves
-from harness.data import Dataset
-from harness.errors import UsageError
-from harness.metrics import Evaluation
-from harness.tracking import RunTracker, local_artifact_dir, save_checkpoint_artifact
-from harness.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
+from harness.core.checkpoint import load_checkpoint
+from harness.core.config import Config
+from harness.core.curves import learning_curves
+from harness.core.data import Dataset
+from harness.core.errors import UsageError
+from harness.core.metrics import Evaluation
+from harness.tracking.store import RunTracker, local_artifact_dir, save_checkpoint_artifact
+from harness.core.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
                            prepare_data, train)
 
 
@@ -98,7 +98,7 @@ def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) ->
         raise UsageError(f"--resume {run_id!r}: the run has no checkpoint/last.pt "
                          f"(status {run.info.status}); only interrupted or checkpointed runs resume")
     state = load_checkpoint(path)
-    from harness.config import build_config
+    from harness.core.config import build_config
 
     cfg = build_config(state["config"])
     data = preflight(cfg)

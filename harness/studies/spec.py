@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import Config, build_config, read_yaml, valid_keys
-from harness.errors import UsageError
+from harness.core.config import Config, build_config, read_yaml, valid_keys
+from harness.core.errors import UsageError
 
 DESIGNS = ("one-at-a-time", "factorial")
 SPEC_KEYS = ("name", "description", "base", "design", "factors", "arms", "seeds", "baseline")
@@ -90,7 +90,7 @@ def load_spec(path: str | Path, allow_large: bool = False) -> AblationSpec:
 
 MAX_STUDY_NAME = 100
 """Longest study name: it names the MLflow experiment and its artifact folder, and a search's
-confirmation study adds '-confirm' (see harness.tracking.MAX_NAME)."""
+confirmation study adds '-confirm' (see harness.tracking.store.MAX_NAME)."""
 
 
 def check_name(name: Any) -> str:

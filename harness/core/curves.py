@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.metrics import Evaluation  # noqa: E402
+from harness.core.metrics import Evaluation  # noqa: E402
 
 
 def learning_curves(history: list[Evaluation], title: str = "") -> plt.Figure:

@@ -25,10 +25,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.config import Config, build_config, flatten
-from harness.errors import UsageError
-from harness.liveness import is_dead
-from harness.spec import AblationSpec
+from harness.core.config import Config, build_config, flatten
+from harness.core.errors import UsageError
+from harness.studies.liveness import is_dead
+from harness.studies.spec import AblationSpec
 
 if TYPE_CHECKING:  # MLflow (and scipy) load where used: `ablate status` reads Optuna alone
     from mlflow.tracking import MlflowClient
@@ -200,11 +200,11 @@ def _create_parent(client: MlflowClient, spec: AblationSpec, storage_url: str, m
     """The study's parent run, listed in `made` as soon as it exists (see created_study)."""
     import yaml
 
-    from harness.tracking import experiment_id, redact
+    from harness.tracking.store import experiment_id, redact
 
     run = client.create_run(experiment_id(client, spec.name), run_name=f"study {spec.name}", tags={
-        "harness.kind": "study", "harness.study": spec.name, "harness.study_type": "ablation",
-        "harness.baseline_arm": spec.baseline, "harness.storage": redact(storage_url),
+        "harness.kind": "study", "harness.studies.study": spec.name, "harness.study_type": "ablation",
+        "harness.baseline_arm": spec.baseline, "harness.tracking.storage": redact(storage_url),
         "mlflow.note.content": spec.description or f"Ablation study {spec.name} ({spec.design})",
     })
     spec_doc = {"name": spec.name, "design": spec.design, "baseline": spec.baseline, "seeds": spec.seeds,
@@ -226,7 +226,7 @@ def _create_arm_runs(client: MlflowClient, meta: dict[str, Any], known: dict[str
     as for its seed runs) and says in its note what the arm changes; write_arm_summaries adds
     the means over seeds when the study completes.
     """
-    from harness.tracking import RunTracker, experiment_id
+    from harness.tracking.store import RunTracker, experiment_id
 
     runs = dict(known)
     missing = [label for label in meta["arms"] if label not in runs]
@@ -240,7 +240,7 @@ def _create_arm_runs(client: MlflowClient, meta: dict[str, Any], known: dict[str
             runs[label] = adopted[label]
             continue
         run = client.create_run(exp_id, run_name=f"arm {label}", tags={
-            "harness.kind": "arm-summary", "harness.study": meta["experiment"], "harness.arm": label,
+            "harness.kind": "arm-summary", "harness.studies.study": meta["experiment"], "harness.arm": label,
             "mlflow.parentRunId": meta["parent_run_id"],
             "mlflow.note.content": f"Arm `{label}` of study `{meta['experiment']}`: {arm_changes(meta, label)}. "
                                    f"Its seed runs are nested below it; the means over seeds are written here "
@@ -271,10 +271,10 @@ def differing_params(meta: dict[str, Any]) -> list[str]:
 
 
 def _set_study_view(client: MlflowClient, meta: dict[str, Any]) -> None:
-    """The study's runs table in the MLflow UI (harness.mlflow_ui): grouped by arm, the verdict
+    """The study's runs table in the MLflow UI (harness.tracking.mlflow_ui): grouped by arm, the verdict
     metrics and the params that differ between arms as columns."""
-    from harness.mlflow_ui import ablation_view, set_view
-    from harness.tracking import experiment_id
+    from harness.tracking.mlflow_ui import ablation_view, set_view
+    from harness.tracking.store import experiment_id
 
     set_view(client, experiment_id(client, meta["experiment"]),
              ablation_view(ARM_SUMMARY_METRICS, differing_params(meta)))
@@ -312,7 +312,7 @@ def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
     """Fail the RUNNING trials whose worker is gone, and close their MLflow runs as KILLED.
 
     A run is found by the id on its trial or, for a worker killed between creating the run and
-    recording its id, by its tags (harness.study and optuna.trial_number).
+    recording its id, by its tags (harness.studies.study and optuna.trial_number).
     """
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -334,7 +334,7 @@ def reap_dead(study: optuna.Study, client: MlflowClient | None) -> list[int]:
             close_killed(client, named, f"worker died: {why}")
         exp = client.get_experiment_by_name(info(study)["experiment"])
         running = [] if exp is None else client.search_runs(
-            [exp.experiment_id], f"tags.`harness.study` = '{study.study_name}' and "
+            [exp.experiment_id], f"tags.`harness.studies.study` = '{study.study_name}' and "
                                  f"tags.`optuna.trial_number` = '{trial.number}' and attributes.status = 'RUNNING'")
         for run in running:
             if run.info.run_id != named:
@@ -399,7 +399,7 @@ CELL_STATES = ("done", "diverged", "running", "failed", "waiting", "missing")
 
 
 def diverged(trial: FrozenTrial) -> bool:
-    """Whether the trial failed because its training diverged (harness.worker.fail_trial)."""
+    """Whether the trial failed because its training diverged (harness.studies.worker.fail_trial)."""
     return trial.state == TrialState.FAIL and "diverged" in trial.user_attrs
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import ModelConfig
+from harness.core.config import ModelConfig
 
 IGNORE_INDEX = -100
 """A target the loss skips (torch's cross-entropy default); augmentation masks with it."""
