@@ -17,8 +17,9 @@ from harness.core.errors import UsageError
 from harness.report import build_report, default_out_dir
 from harness.report.arms import group_runs
 from harness.core.metrics import SUMMARY_METRICS
-from harness.report.collect import load_study, local_path
+from harness.report.collect import load_study
 from harness.report.output import MARKER
+from harness.tracking.uris import local_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ABLATION_FIGURES = {"paired_differences", "validation_curves", "learning_curves", "gap", "test_loss_by_arm",

@@ -18,7 +18,7 @@ import yaml
 
 from harness.cli import main
 from harness.studies.launch import spawn_workers
-from harness.tracking.store import redact
+from harness.tracking.uris import redact
 
 from postgres import free_port
 
@@ -46,7 +46,7 @@ def test_redact_leaves_urls_without_a_password_alone() -> None:
 
 
 def test_scrub_removes_the_password_from_a_driver_message() -> None:
-    from harness.tracking.store import scrub
+    from harness.tracking.uris import scrub
 
     url = "postgresql+psycopg2://user:p%40ss@db.example/optuna"
     assert scrub("FATAL: password p@ss (p%40ss) rejected", url) == "FATAL: password *** (***) rejected"

@@ -165,7 +165,7 @@ def test_cli_data_describes_the_corpus(project, small_corpus, capsys):
 
 
 def test_run_tracker_redacts_nothing_but_passwords():
-    from harness.tracking.store import redact
+    from harness.tracking.uris import redact
     assert redact("postgresql+psycopg2://me:secret@127.0.0.1:5432/db") == "postgresql+psycopg2://me:***@127.0.0.1:5432/db"
     assert redact("sqlite:///x.db") == "sqlite:///x.db"
 
@@ -188,3 +188,27 @@ def test_processes_starting_together_on_a_fresh_store_do_not_race_its_creation(t
         home.mkdir()
         with multiprocessing.get_context("spawn").Pool(3) as pool:
             assert pool.map(_init_in, [str(home)] * 3) == ["ok"] * 3
+
+
+def test_resume_in_a_project_whose_path_has_a_space(tmp_path, monkeypatch, tiny, capsys):
+    """MLflow stores the artifact folder as a file URI, where a space reads %20: resuming must
+    find checkpoint/last.pt in the decoded folder, as `ablate train --resume` is told to."""
+    home = tmp_path / "my project"
+    home.mkdir()
+    monkeypatch.setenv("ABLATE_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(home)
+    client = init_store()
+    cfg = build_config({}, {**tiny, "train.epochs": 2})
+
+    def ctrl_c(_ev):
+        raise KeyboardInterrupt  # after the first evaluation, inside the training loop
+
+    with pytest.raises(Interrupted):
+        run_tracked(cfg, client, "train", should_stop=ctrl_c)
+    (killed,) = runs(client)
+    assert "%20" in killed.info.artifact_uri
+    assert main(["train", "--resume", killed.info.run_id, "--quiet"]) == 0, capsys.readouterr().err
+    assert client.get_run(killed.info.run_id).info.status == "FINISHED"
+    assert local_artifact_dir(client, killed.info.run_id) == \
+        home / "mlruns" / "artifacts" / "train" / killed.info.run_id / "artifacts"

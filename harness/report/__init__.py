@@ -26,6 +26,7 @@ from harness.report.output import claim_out_dir
 from harness.report.verdict import (ALPHA, FEW, GENERALIZES, HELDOUT, LABELS as VERDICT_ORDER, UNCLEAR,
                                     VERDICT_COLUMNS)
 from harness.report.verdict import number, verdict, verdict_table
+from harness.tracking.uris import redact
 
 __all__ = ["ReportResult", "build_report", "default_out_dir"]
 
@@ -126,7 +127,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     parent = study.parent
     content = render.ReportContent(
         name=name, study_type=study_type, experiment_id=study.experiment_id,
-        tracking_uri=collect.safe_uri(study.tracking_uri), ui_url=ui_url,
+        tracking_uri=redact(study.tracking_uri), ui_url=ui_url,
         parent_run_id=None if parent is None else parent["run_id"], metric=metric, group_by=group_by,
         baseline=grouped.baseline, baseline_note=grouped.baseline_note, arms=grouped.order,
         featured=featured, arm_links=_arm_links(runs, study, ui_url),

@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
@@ -26,6 +24,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from harness.core.errors import UsageError
+from harness.tracking.uris import local_path, redact
 
 HISTORY_FILE = "history.json"
 _DOWNLOAD_THREADS = 8
@@ -72,12 +71,12 @@ def load_study(name: str, tracking_uri: str | None = None) -> StudyData:
     if experiment is None:
         known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
         listing = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") if known else "none"
-        raise UsageError(f"no study named {name!r} in the MLflow store {safe_uri(uri)}; "
+        raise UsageError(f"no study named {name!r} in the MLflow store {redact(uri)}; "
                          f"studies there: {listing}")
     with gc_paused():
         rows = [_row(run) for run in _all_runs(client, experiment.experiment_id)]
     if not rows:
-        raise UsageError(f"study {name!r} has no runs in the MLflow store {safe_uri(uri)}")
+        raise UsageError(f"study {name!r} has no runs in the MLflow store {redact(uri)}")
     return StudyData(name=name, experiment_id=experiment.experiment_id, tracking_uri=uri,
                      runs=pd.DataFrame(rows))
 
@@ -127,23 +126,6 @@ def _row(run: Any) -> dict[str, Any]:
     row.update({f"params.{k}": v for k, v in data.params.items()})
     row.update(data.metrics)
     return row
-
-
-def safe_uri(uri: str) -> str:
-    """The tracking URI without its password, in any form (harness.tracking.store.redact)."""
-    from harness.tracking.store import redact
-
-    return redact(uri)
-
-
-def local_path(artifact_uri: str) -> Path | None:
-    """The directory of a run's artifacts when it is on this file system, else None."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(url2pathname(parsed.path))
-    if parsed.scheme == "":
-        return Path(artifact_uri)
-    return None
 
 
 def load_histories(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from harness.core.errors import UsageError
 from harness.core.paths import mlruns_dir
+from harness.tracking.uris import redact, scrub
 
 ALLOWED = "journal:PATH, or postgresql+psycopg2://user:password@host:port/database"
 STORAGE_ENV = "ABLATE_STORAGE"
@@ -51,8 +52,6 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         try:
             if not create and not _has_optuna_tables(url):
                 # A reader never creates Optuna's tables in a database that has none.
-                from harness.tracking.store import redact
-
                 raise UsageError(f"--storage {redact(url)!r}: the database holds no Optuna studies (no study "
                                  f"was created there; check the database name)")
             return RDBStorage(url, engine_kwargs={"connect_args": _connect_args(url), "pool_pre_ping": True},
@@ -60,17 +59,12 @@ def open_storage(url: str, create: bool = True) -> BaseStorage:
         except UsageError:
             raise
         except Exception as exc:  # sqlalchemy raises many kinds for a dead or wrong server
-            # harness.tracking.store (MLflow) loads only to word an error: `ablate status` starts without it.
-            from harness.tracking.store import redact, scrub
-
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "DB access module" in reason or isinstance(exc, ImportError):
                 scheme = url.split("://", 1)[0]
                 raise UsageError(f"--storage {redact(url)!r}: the database driver for {scheme}:// is not "
                                  f"installed; allowed: {ALLOWED} (psycopg2 ships with ablate)") from None
             raise UsageError(f"--storage {redact(url)!r} does not answer: {scrub(reason, url)}") from None
-    from harness.tracking.store import redact
-
     raise UsageError(f"--storage {redact(url)!r}: unknown kind of storage; allowed: {ALLOWED}")
 
 
@@ -154,8 +148,6 @@ def load_study(name: str, url: str, create: bool = True) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        from harness.tracking.store import redact
-
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UsageError(f"no study {name!r} in storage {redact(url)!r}; studies there: "
                          f"{', '.join(sorted(names)) or 'none'}") from None

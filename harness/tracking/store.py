@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from harness.core.errors import UsageError
 from harness.core.metrics import Evaluation, Summary, history_columns
 from harness.core.paths import mlruns_dir, project_root
+from harness.tracking.uris import local_path, redact
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
@@ -80,56 +81,6 @@ def _open_client(uri: str) -> MlflowClient:
         raise UsageError(f"MLflow tracking store {redact(uri)!r} does not answer: "
                          f"{str(exc).splitlines()[0]}") from None
     return client
-
-
-SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "token", "access_token", "secret")
-"""Query parameters that carry a credential (`?password=` is as valid as `user:pw@host`)."""
-
-
-def redact(url: str) -> str:
-    """A URL without its password, for logs, tags and messages.
-
-    Parsed with SQLAlchemy's URL parser (the one that opens the storage), so every form it
-    accepts is covered: `user:pw@host`, `:pw@host` (no user), and credentials in the query
-    (`?password=...`). A string that does not parse as a URL has no password to hide, except
-    after `://`, which is cut at the last '@' as a last resort.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        scheme, sep, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}" if sep and "@" in rest else url
-    query = {k: ("***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
-    # render_as_string percent-quotes query values; the mask reads better unquoted.
-    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-
-
-def scrub(text: str, url: str) -> str:
-    """`text` (an error message from a driver, say) with every secret of `url` replaced by ***."""
-    for secret in _secrets_of(url):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The passwords and secret query values in `url` (empty when it has none or is no URL)."""
-    from urllib.parse import quote
-
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return []
-    values = [parsed.password] if parsed.password else []
-    for key, value in parsed.query.items():
-        if key.lower() in SECRET_QUERY_KEYS:
-            values += [value] if isinstance(value, str) else list(value)
-    return [form for v in values if v for form in {str(v), quote(str(v), safe="")}]
 
 
 MAX_NAME = 128
@@ -292,12 +243,7 @@ def _param_value(value: Any) -> str:
 
 def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
     """The run's artifact folder when it is on this machine's disk, else None."""
-    uri = client.get_run(run_id).info.artifact_uri
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" not in uri:
-        return Path(uri)
-    return None
+    return local_path(client.get_run(run_id).info.artifact_uri)
 
 
 def save_checkpoint_artifact(tracker: RunTracker, state: dict[str, Any]) -> None:
