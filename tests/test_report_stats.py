@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.report.stats import arm_table, compare, curve_bands, holm, paired, pareto_front
+from harness.report.stats import arm_table, compare, curve_bands, holm, mean_interval, paired, pareto_front
 from harness.report.verdict import verdict
 
 T_975_DF3 = 3.182446305  # t table: 97.5th percentile, 3 degrees of freedom
@@ -304,3 +304,15 @@ def test_thin_evidence_words_no_change_and_a_change_of_exactly_one(metric, shift
                          for arm in ("base", "a") for s in range(3)])
     row = compare(runs, ["base", "a"], "base", metric).iloc[0]
     assert verdict(row, metric, "base") == expected
+
+
+def test_mean_interval_of_one_arm_over_its_seeds():
+    out = mean_interval([1.0, 2.0, 3.0, 4.0])
+    sd = math.sqrt(5 / 3)
+    half = T_975_DF3 * sd / 2
+    assert out == pytest.approx({"mean": 2.5, "std": sd, "n": 4.0, "ci_low": 2.5 - half, "ci_high": 2.5 + half},
+                                abs=1e-8)
+    one = mean_interval([3.0])
+    assert (one["mean"], one["std"], one["n"]) == (3.0, 0.0, 1.0)
+    assert math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+    assert math.isnan(mean_interval([])["mean"]) and mean_interval([])["n"] == 0.0

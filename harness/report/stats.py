@@ -63,6 +63,20 @@ def t_interval(mean: ArrayLike, std: ArrayLike, n: ArrayLike) -> tuple[np.ndarra
     return mean - half, mean + half
 
 
+def mean_interval(values: ArrayLike) -> dict[str, float]:
+    """mean, std (ddof=1), n and the 95% t-interval of the mean (ci_low, ci_high) of `values`.
+
+    The spread of one arm over its seeds, as a study's arm run records it. One value has std 0
+    and no interval (NaN); no values have a NaN mean.
+    """
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else np.nan
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    low, high = t_interval(mean, std, n)
+    return {"mean": mean, "std": std, "n": float(n), "ci_low": float(low), "ci_high": float(high)}
+
+
 def arm_table(runs: pd.DataFrame, order: list[str], metrics: tuple[str, ...] = ARM_METRICS) -> pd.DataFrame:
     """One row per (arm, metric), arms in `order`: arm, metric, n, mean, std, ci_low, ci_high.
 
