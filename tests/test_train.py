@@ -159,6 +159,22 @@ def test_overfit_onset_and_summary():
     assert (censored["overfit_onset"], censored["onset_censored"]) == (2.0, 1.0)
 
 
+def test_every_named_metric_is_a_summary_metric_and_the_summary_has_them_all():
+    """harness.core.metrics owns the metric names: every selection of them (the arm runs', the
+    report's table, a trial's, a search objective's, the comparable ones) names a summary metric."""
+    from dataclasses import fields
+
+    from harness.core.metrics import (ARM_METRICS, ARM_SUMMARY_METRICS, COMPARABLE_METRICS, SUMMARY_AT,
+                                      SUMMARY_METRICS, TRIAL_METRICS, Summary)
+
+    assert SUMMARY_METRICS == tuple(f.name for f in fields(Summary))
+    for names in (ARM_SUMMARY_METRICS, ARM_METRICS, TRIAL_METRICS, tuple(SUMMARY_AT.values()),
+                  tuple(COMPARABLE_METRICS)):
+        assert set(names) <= set(SUMMARY_METRICS), names
+    assert ARM_METRICS[:2] == TRIAL_METRICS[:2] == ("test_loss", "test_gap")  # the verdicts' axes first
+    assert set(ARM_METRICS) <= set(COMPARABLE_METRICS)  # the report words every metric it tabulates
+
+
 def test_bf16_autocast_trains_close_to_fp32(tiny):
     fp32 = train(build_config({}, {**tiny, "train.epochs": 2}))
     bf16 = train(build_config({}, {**tiny, "train.epochs": 2, "train.precision": "bf16"}))

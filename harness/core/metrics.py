@@ -24,7 +24,48 @@ invites picking an epoch by its test loss."""
 SUMMARY_METRICS = ("test_loss", "test_gap", "final_test_loss", "best_val_loss", "best_epoch",
                    "gap_at_best", "final_gap", "max_gap", "overfit_onset", "onset_censored",
                    "final_val_loss", "final_train_eval_loss", "wall_s", "n_params")
-"""The per-run summary metrics (docs/tracking.md), logged once at step 0."""
+"""The per-run summary metrics (docs/tracking.md), logged once at step 0: Summary's fields."""
+ARM_SUMMARY_METRICS = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap")
+"""Averaged over seeds into each arm's run of a study: the verdicts' two axes, then the
+validation view."""
+ARM_METRICS = ARM_SUMMARY_METRICS + ("overfit_onset", "wall_s")
+"""Tabulated per arm by the report: the arm runs' metrics, then when overfitting set in and the
+time it took."""
+TRIAL_METRICS = ARM_SUMMARY_METRICS + ("max_gap", "overfit_onset", "wall_s")
+"""Copied from a finished run's summary onto its Optuna trial (what `ablate status` and searches
+read)."""
+SUMMARY_AT = {("val_loss", "best"): "best_val_loss", ("gap", "best"): "gap_at_best",
+              ("val_loss", "final"): "final_val_loss", ("gap", "final"): "final_gap"}
+"""The summary metric holding an evaluation metric at the best evaluation (lowest val_loss) or
+at the last one: what a search objective's (metric, at) names."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a report words one metric."""
+
+    noun: str
+    unit: str
+    lower_is_better: bool
+    better: str
+    """Verb for a change in the good direction ("shrank"); `worse` for the other."""
+    worse: str
+
+
+COMPARABLE_METRICS: dict[str, MetricInfo] = {
+    "test_loss": MetricInfo("held-out (test) loss", "nats", True, "lowered", "raised"),
+    "test_gap": MetricInfo("gap on test text", "nats", True, "shrank", "widened"),
+    "final_test_loss": MetricInfo("final test loss", "nats", True, "lowered", "raised"),
+    "best_val_loss": MetricInfo("best validation loss", "nats", True, "lowered", "raised"),
+    "gap_at_best": MetricInfo("gap at the best epoch", "nats", True, "shrank", "widened"),
+    "final_gap": MetricInfo("final gap", "nats", True, "shrank", "widened"),
+    "max_gap": MetricInfo("maximum gap", "nats", True, "shrank", "widened"),
+    "final_val_loss": MetricInfo("final validation loss", "nats", True, "lowered", "raised"),
+    # A later onset means overfitting started later: higher is better.
+    "overfit_onset": MetricInfo("overfitting onset", "", False, "delayed", "brought forward"),
+    "wall_s": MetricInfo("wall time", "s", True, "cut", "lengthened"),
+}
+"""Summary metrics a report can compare arms on (--metric), with the words a verdict uses."""
 
 
 @dataclass(frozen=True)

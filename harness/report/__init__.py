@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from harness.core.errors import UsageError
+from harness.core.metrics import COMPARABLE_METRICS
 from harness.report import arms as arms_mod
 from harness.report import collect, figures, links, render, search, stats
 from harness.report.output import claim_out_dir
@@ -81,12 +82,12 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     without finished runs, an unknown metric or a baseline that is no arm. The output is the
     same for the same runs: arms sort baseline first, then by label; nothing depends on the clock.
     """
-    if metric is not None and metric not in stats.METRICS:
-        raise UsageError(f"--metric {metric!r} is not a comparable metric; allowed: {', '.join(stats.METRICS)}")
+    if metric is not None and metric not in COMPARABLE_METRICS:
+        raise UsageError(f"--metric {metric!r} is not a comparable metric; allowed: {', '.join(COMPARABLE_METRICS)}")
     study = collect.load_study(name, tracking_uri)
     if metric is None:
         objective = study.parent_tag("harness.objective_metric")
-        metric = objective if objective in stats.METRICS else HELDOUT
+        metric = objective if objective in COMPARABLE_METRICS else HELDOUT
     study_type = study.parent_tag("harness.study_type")
     grouped = arms_mod.group_runs(study.runs, study=name, study_type=study_type, group_by=group_by,
                                   requested_baseline=baseline,
@@ -171,7 +172,7 @@ def _comparisons(runs: pd.DataFrame, grouped: arms_mod.Arms, metric: str) -> pd.
 def _ranked(arm_stats: pd.DataFrame, order: list[str], metric: str) -> list[str]:
     """Arms best first by mean `metric` (arms without a value last; ties keep `order`)."""
     means = arm_stats[arm_stats["metric"] == metric].set_index("arm")["mean"]
-    sign = 1 if stats.METRICS[metric].lower_is_better else -1
+    sign = 1 if COMPARABLE_METRICS[metric].lower_is_better else -1
     rank = {a: i for i, a in enumerate(order)}
 
     def key(arm: str) -> tuple:

@@ -22,36 +22,13 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from harness.core.metrics import ARM_METRICS, COMPARABLE_METRICS
+
 CONFIDENCE = 0.95
 
-ARM_METRICS = ("test_loss", "test_gap", "best_val_loss", "gap_at_best", "final_gap", "overfit_onset", "wall_s")
-"""The summary metrics tabulated per arm: the verdicts' two axes first."""
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    noun: str
-    unit: str
-    lower_is_better: bool
-    better: str
-    """Verb for a change in the good direction ("shrank"); `worse` for the other."""
-    worse: str
-
-
-METRICS: dict[str, MetricInfo] = {
-    "test_loss": MetricInfo("held-out (test) loss", "nats", True, "lowered", "raised"),
-    "test_gap": MetricInfo("gap on test text", "nats", True, "shrank", "widened"),
-    "final_test_loss": MetricInfo("final test loss", "nats", True, "lowered", "raised"),
-    "best_val_loss": MetricInfo("best validation loss", "nats", True, "lowered", "raised"),
-    "gap_at_best": MetricInfo("gap at the best epoch", "nats", True, "shrank", "widened"),
-    "final_gap": MetricInfo("final gap", "nats", True, "shrank", "widened"),
-    "max_gap": MetricInfo("maximum gap", "nats", True, "shrank", "widened"),
-    "final_val_loss": MetricInfo("final validation loss", "nats", True, "lowered", "raised"),
-    # A later onset means overfitting started later: higher is better.
-    "overfit_onset": MetricInfo("overfitting onset", "", False, "delayed", "brought forward"),
-    "wall_s": MetricInfo("wall time", "s", True, "cut", "lengthened"),
-}
-"""Metrics a comparison can be made on (--metric), with the words a verdict uses."""
+METRICS = COMPARABLE_METRICS
+"""Transitional: render.py and figures.py still read the metric words here; they move to
+harness.core.metrics.COMPARABLE_METRICS, then this name goes."""
 
 
 def t_interval(mean: ArrayLike, std: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +149,7 @@ def compare(runs: pd.DataFrame, order: list[str], baseline: str, metric: str) ->
     a seed are averaged first. Columns: arm, n (paired seeds), mean_diff, ci_low, ci_high, t_p,
     wilcoxon_p, p_holm, p_better, n_better.
     """
-    lower = METRICS[metric].lower_is_better
+    lower = COMPARABLE_METRICS[metric].lower_is_better
     frame = runs[runs["seed"].notna()]
     values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else pd.Series(np.nan, frame.index)
     by_seed = values.groupby([frame["arm"], frame["seed"]]).mean().unstack("seed").reindex(order)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.stats import METRICS, compare
+from harness.core.metrics import COMPARABLE_METRICS
+from harness.report.stats import compare
 
 MIN_SEEDS = 5
 """Fewer paired seeds than this: the report gives the numbers but declares no winner."""
@@ -42,7 +43,7 @@ def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
     "evidence is thin", no winner; otherwise a winner (or loser) when the Holm-adjusted
     t-test p is below ALPHA, else "no clear difference".
     """
-    info = METRICS[metric]
+    info = COMPARABLE_METRICS[metric]
     arm, n = row["arm"], int(row["n"])
     if n == 0:
         return f"{arm}: shares no seed with the baseline {baseline}; not compared."
