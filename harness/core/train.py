@@ -178,50 +178,21 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
     if t_clip is None:
         clip = float("inf")  # still measure the norm
 
-    history: list[Evaluation] = []
-    step, epoch, start_batch = 0, 0, 0
-    epoch_rng_state = data_rng.get_state()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
-        augment_rng.set_state(resume["rng"]["augment"])
-        p = resume["progress"]
-        step, epoch, start_batch = p["step"], p["epoch"], p["batch_in_epoch"]
-        epoch_rng_state = p["epoch_data_rng"]
-        history = [Evaluation(**e) for e in resume["history"]]
-
-    def snapshot(batch_in_epoch: int) -> dict[str, Any]:
-        return {
-            "config": cfg.to_dict(),
-            "vocab": data.vocab.chars,
-            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer": _clone(optimizer.state_dict()),
-            "schedule": schedule.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "augment": augment_rng.get_state(),
-                    # dropout on a GPU draws from its own generator
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "progress": {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                         "epoch_data_rng": epoch_rng_state.clone()},
-            "history": [asdict(e) for e in history],
-            "wall_s": previous_wall + time.perf_counter() - started,
-        }
-
+    saved = _Resumable(cfg, data.vocab.chars, model, optimizer, schedule, augment_rng, device)
+    loop = saved.restore(resume) if resume is not None else _Loop(epoch_data_rng=data_rng.get_state())
     previous_wall = (resume or {}).get("wall_s", 0.0)
     started = time.perf_counter()
-    last_checkpoint = snapshot(start_batch) if resume is not None else None
-    stats = StepStats()
-    stopped: str | None = None
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", leave=False,
-               dynamic_ncols=True)
 
-    def evaluate(batch_in_epoch: int, n_batches: int) -> Evaluation:
+    def wall() -> float:
+        return previous_wall + time.perf_counter() - started
+
+    def evaluate(loop: _Loop, n_batches: int) -> Evaluation:
+        stats = loop.stats
         ev = Evaluation(
-            step=step,
-            epoch=epoch + batch_in_epoch / n_batches,
+            step=loop.step,
+            # At the end of an epoch the loop has rolled over to the next one's batch 0:
+            # epoch + 0/n equals (epoch - 1) + n/n exactly, integers being exact floats.
+            epoch=loop.epoch + loop.batch_in_epoch / n_batches,
             train_loss=stats.loss_sum / max(stats.steps, 1),
             train_eval_loss=mean_loss(model, loss_fn, train_sample, bs, device, autocast),
             val_loss=mean_loss(model, loss_fn, val_sample, bs, device, autocast),
@@ -232,15 +203,19 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
             clip_frac=stats.clipped / max(stats.steps, 1),
             tokens_per_s=stats.tokens / stats.seconds if stats.seconds > 0 else 0.0,
         )
-        history.append(ev)
+        loop.history.append(ev)
         return ev
 
+    last_checkpoint = saved.snapshot(loop, wall()) if resume is not None else None
+    stopped: str | None = None
+    bar = tqdm(total=total_steps, initial=loop.step, disable=not progress, unit="step", leave=False,
+               dynamic_ncols=True)
     try:
         model.train()
-        while epoch < t.epochs and step < total_steps and stopped is None:
-            data_rng.set_state(epoch_rng_state)
+        while loop.epoch < t.epochs and loop.step < total_steps and stopped is None:
+            data_rng.set_state(loop.epoch_data_rng)
             batches = epoch_batches(data.train, block, bs, data_rng)
-            for i in range(start_batch, len(batches)):
+            for i in range(loop.batch_in_epoch, len(batches)):
                 tick = time.perf_counter()
                 batch = batches[i]
                 x, y = augment_batch(batch[:, :-1], batch[:, 1:], cfg.augment, vocab_size, augment_rng)
@@ -249,59 +224,118 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
                     loss = loss_fn(x, y)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(step + 1)
+                    raise NonFiniteLoss(loop.step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = float(torch.nn.utils.clip_grad_norm_(params, clip, foreach=True))
                 if not math.isfinite(norm):
-                    raise NonFiniteLoss(step + 1)
+                    raise NonFiniteLoss(loop.step + 1)
                 lr = schedule.lr  # applied by this step; a step-interval schedule moves it next
                 optimizer.step()
-                step += 1
+                loop.step += 1
                 if cfg.schedule.interval == "step":
                     schedule.step_unit()
-                stats.add(loss_value, norm, t_clip is not None and norm > t_clip, x.numel(),
-                          time.perf_counter() - tick, lr)
+                loop.stats.add(loss_value, norm, t_clip is not None and norm > t_clip, x.numel(),
+                               time.perf_counter() - tick, lr)
                 bar.update(1)
-                end_of_epoch = i + 1 == len(batches)
-                end_of_run = step >= total_steps
-                due = (t.eval_every is not None and step % t.eval_every == 0) or \
-                      (t.eval_every is None and end_of_epoch) or end_of_run
-                if due:
-                    ev = evaluate(i + 1, len(batches))
-                    bar.set_postfix(val=f"{ev.val_loss:.3f}", gap=f"{ev.gap:.3f}")
-                    stats = StepStats()
-                    if cfg.schedule.interval == "epoch" and end_of_epoch:
+                loop.batch_in_epoch = i + 1
+                end_of_epoch = loop.batch_in_epoch == len(batches)
+                if end_of_epoch:
+                    # Before the evaluation, which reads neither the schedule nor the data
+                    # generator: a plateau schedule's after_eval sees the epoch counted.
+                    if cfg.schedule.interval == "epoch":
                         schedule.step_unit()
+                    loop.next_epoch(data_rng)
+                end_of_run = loop.step >= total_steps
+                if (t.eval_every is not None and loop.step % t.eval_every == 0) or \
+                        (t.eval_every is None and end_of_epoch) or end_of_run:
+                    ev = evaluate(loop, len(batches))
+                    bar.set_postfix(val=f"{ev.val_loss:.3f}", gap=f"{ev.gap:.3f}")
+                    loop.stats = StepStats()
                     schedule.after_eval(ev.val_loss)
-                    if end_of_epoch:
-                        epoch += 1
-                        epoch_rng_state = data_rng.get_state()
-                    last_checkpoint = snapshot(0 if end_of_epoch else i + 1)
+                    last_checkpoint = saved.snapshot(loop, wall())
                     if hooks.on_eval:
                         hooks.on_eval(ev)
                     if hooks.on_checkpoint:
                         hooks.on_checkpoint(last_checkpoint)
                     if hooks.should_stop:
                         stopped = hooks.should_stop(ev)
-                elif end_of_epoch:
-                    if cfg.schedule.interval == "epoch":
-                        schedule.step_unit()
-                    epoch += 1
-                    epoch_rng_state = data_rng.get_state()
                 if stopped is not None or end_of_run:
                     break
-            start_batch = 0
     except KeyboardInterrupt:
         raise Interrupted(last_checkpoint) from None
     finally:
         bar.close()
 
-    wall = previous_wall + time.perf_counter() - started
-    summary = summarize(history, t.patience, wall, n_params)
-    return TrainResult(history=history, summary=summary, stopped=stopped,
+    summary = summarize(loop.history, t.patience, wall(), n_params)
+    return TrainResult(history=loop.history, summary=summary, stopped=stopped,
                        samples=generate_samples(model, cfg, data, device),
                        checkpoint=last_checkpoint, n_params=n_params)
+
+
+@dataclass
+class _Loop:
+    """Where training stands; with the states _Resumable holds, all a checkpoint needs."""
+
+    epoch_data_rng: torch.Tensor
+    """The data generator's state when `epoch` began: it draws that epoch's batch order."""
+    step: int = 0
+    epoch: int = 0
+    """Epochs completed."""
+    batch_in_epoch: int = 0
+    """Batches of `epoch` trained."""
+    history: list[Evaluation] = field(default_factory=list)
+    stats: StepStats = field(default_factory=StepStats)
+    """The steps since the last evaluation."""
+
+    def next_epoch(self, data_rng: torch.Generator) -> None:
+        """The epoch's last batch is trained: the next starts where the generator is now."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_data_rng = data_rng.get_state()
+
+
+@dataclass(frozen=True)
+class _Resumable:
+    """What a checkpoint saves besides the loop's position, and how it is saved and restored."""
+
+    cfg: Config
+    vocab: str
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    augment_rng: torch.Generator
+    device: torch.device
+
+    def snapshot(self, loop: _Loop, wall_s: float) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "vocab": self.vocab,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": _clone(self.optimizer.state_dict()),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "augment": self.augment_rng.get_state(),
+                    # dropout on a GPU draws from its own generator
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "progress": {"step": loop.step, "epoch": loop.epoch, "batch_in_epoch": loop.batch_in_epoch,
+                         "epoch_data_rng": loop.epoch_data_rng.clone()},
+            "history": [asdict(e) for e in loop.history],
+            "wall_s": wall_s,
+        }
+
+    def restore(self, state: dict[str, Any]) -> _Loop:
+        """Load `state` (a snapshot) into the model, optimizer, schedule and generators; the loop
+        resumes where it was taken."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.augment_rng.set_state(state["rng"]["augment"])
+        p = state["progress"]
+        return _Loop(epoch_data_rng=p["epoch_data_rng"], step=p["step"], epoch=p["epoch"],
+                     batch_in_epoch=p["batch_in_epoch"], history=[Evaluation(**e) for e in state["history"]])
 
 
 def _clone(tree: Any) -> Any:
