@@ -215,6 +215,29 @@ CASES = [
          "does not answer", absent="hunter2"),
     Case("sqlite-storage", lambda c: ["run", c.spec(), "--storage", f"sqlite:///{c.project}/o.db"], "SQLite"),
     Case("unknown-storage", lambda c: ["run", c.spec(), "--storage", "redis://x"], "unknown kind"),
+    # 15. a study's pretraining stage (spec checks; the pretraining text's checks are harness.core.leakage's)
+    Case("pretrain-unknown-key", lambda c: ["run", c.spec(pretrain={"set": {"data.train_chars": None}, "seed": 1},
+                                                          arms=[_FINETUNE])], "pretrain key 'seed' is not known"),
+    Case("pretrain-set-typo", lambda c: ["run", c.spec(pretrain={"set": {"train.max_step": 10}}, arms=[_FINETUNE])],
+         "pretrain: key 'train.max_step'"),
+    Case("pretrain-set-bad-value", lambda c: ["run", c.spec(pretrain={"set": {"train.max_steps": 0}},
+                                                            arms=[_FINETUNE]), "--dry-run"],
+         "pretrain: train.max_steps=0"),
+    Case("pretrain-per-seed-text", lambda c: ["run", c.spec(pretrain={"set": {"data.train_chars": None},
+                                                                      "per_seed": "no"}, arms=[_FINETUNE])],
+         "pretrain.per_seed='no'"),
+    Case("pretrain-missing", lambda c: ["run", c.spec(arms=[_FINETUNE]), "--dry-run"], "no pretrain: section"),
+    Case("pretrain-unused", lambda c: ["run", c.spec(pretrain={"set": {"data.train_chars": None}})],
+         "pretrain: no arm uses it"),
+    Case("pretrain-label-reserved", lambda c: ["run", c.spec(pretrain={"set": {"data.train_chars": None}},
+                                                             arms=[_FINETUNE, {"label": "pretrain",
+                                                                               "set": {"augment.noise": 0.1}}])],
+         "arm label 'pretrain' is reserved"),
+    Case("pretrain-from-itself", lambda c: ["run", c.spec(pretrain={"set": {"transfer.init_from": "pretrain"}},
+                                                          arms=[_FINETUNE])], "from itself"),
+    Case("pretrain-shape-mismatch", lambda c: ["run", c.spec(pretrain={"set": {"model.n_embd": 64}},
+                                                             arms=[_FINETUNE]), "--dry-run"],
+         "model.n_embd=32 but the pretraining has model.n_embd=64"),
     # bad input that already stopped cleanly, kept in the table so it stays that way
     Case("dropout-out-of-range", lambda c: c.train("model.dropout=1.5"), "model.dropout"),
     Case("unknown-key", lambda c: c.train("model.dropuot=0.1"), "did you mean"),
@@ -228,6 +251,9 @@ CASES = [
          setup=lambda c: init_store()),
     Case("resume-with-set", lambda c: ["train", "--resume", "x", "--set", "model.dropout=0.1"], "--resume"),
 ]
+
+
+_FINETUNE = {"label": "finetune", "set": {"transfer.init_from": "pretrain"}}
 
 
 def _needs_no_cuda() -> None:

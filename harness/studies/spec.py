@@ -17,6 +17,20 @@ seeds: [0, 1, 2]
 one-at-a-time: the baseline (the base config) plus one arm per factor level, each varying that
 factor alone. factorial: one arm per combination of levels. Every arm runs every seed, so arms
 are paired by seed.
+
+A pretraining stage (transfer learning as an arm): arms that set `transfer.init_from: pretrain`
+fine-tune from the checkpoint of a pretraining run the study schedules before them.
+
+```yaml
+pretrain:
+  set: {data.train_chars: null, train.max_steps: 500}   # dotted overrides on base: what is pretrained
+  per_seed: true               # default: one pretraining run per seed; false: once, with the first seed
+arms:
+  - {label: finetune, set: {transfer.init_from: pretrain}}
+  - {label: finetune-freeze1, set: {transfer.init_from: pretrain, transfer.freeze_blocks: 1}}
+```
+
+The whole format, with every rule a spec is checked against: docs/ablation-spec.md.
 """
 
 from __future__ import annotations
@@ -31,11 +45,22 @@ from harness.core.config import Config, build_config, read_yaml, valid_keys
 from harness.core.errors import UsageError
 
 DESIGNS = ("one-at-a-time", "factorial")
-SPEC_KEYS = ("name", "description", "base", "design", "factors", "arms", "seeds", "baseline")
+SPEC_KEYS = ("name", "description", "base", "design", "factors", "arms", "seeds", "baseline", "pretrain")
 SECTIONS = ("data", "model", "optim", "schedule", "augment", "transfer", "train", "sample")
 BASELINE = "baseline"
 LARGE_STUDY_CELLS = 100
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PRETRAIN = "pretrain"
+"""The reserved `transfer.init_from` value naming the study's pretraining stage, and a label no arm
+may take (it names the stage's runs). A checkpoint file called pretrain is `./pretrain`."""
+PRETRAIN_KEYS = ("set", "per_seed")
+MODEL_SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.bias", "model.norm",
+                    "model.norm_type", "data.block_size")
+"""What a dependent arm must share with the pretraining recipe. n_layer, n_embd, bias, norm (a
+final norm only in pre-norm, none at all in none), norm_type (RMSNorm has no bias) and block_size
+(the position table) decide which tensors the checkpoint holds and their shapes; n_head changes
+no shape but how the attention weights split into heads, so a checkpoint would load and mean
+something else."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +70,25 @@ class Arm:
     """What this arm changes against the base (empty for the baseline)."""
     config: Config
     """The arm's recipe, seed not yet applied."""
+
+
+@dataclass(frozen=True)
+class PretrainStage:
+    """The pretraining every dependent arm fine-tunes from (`transfer.init_from: pretrain`)."""
+
+    overrides: dict[str, Any]
+    """What the pretraining changes against the base (`pretrain.set`)."""
+    config: Config
+    """The pretraining recipe, seed not yet applied: the base plus `overrides`, with
+    train.save_checkpoint forced on (its checkpoint is what the arms load)."""
+    per_seed: bool = True
+    """One pretraining run per study seed (arms stay paired, the pretraining's randomness is part
+    of the comparison); False: one run, with the study's first seed."""
+
+
+def uses_pretrain(config: Config) -> bool:
+    """Whether a recipe fine-tunes from the study's pretraining stage."""
+    return config.transfer.init_from == PRETRAIN
 
 
 @dataclass(frozen=True)
@@ -68,10 +112,31 @@ class AblationSpec:
     description: str = ""
     skipped: tuple[str, ...] = ()
     """Factor levels dropped because they equal the baseline."""
+    pretrain: PretrainStage | None = None
+    """The pretraining stage (`pretrain:`), or None when no arm transfers from one."""
 
     @property
     def cells(self) -> list[Cell]:
+        """The arms' cells (arm x seed); the pretraining runs are `pretrain_seeds`."""
         return [Cell(arm.label, seed) for arm in self.arms for seed in self.seeds]
+
+    @property
+    def pretrain_arms(self) -> list[Arm]:
+        """The arms that fine-tune from the pretraining stage: their cells wait for its run."""
+        return [arm for arm in self.arms if uses_pretrain(arm.config)]
+
+    def pretrain_seed(self, seed: int) -> int:
+        """The seed of the pretraining run that the cells of `seed` fine-tune from."""
+        if self.pretrain is None:
+            raise ValueError(f"study {self.name!r} has no pretraining stage")
+        return seed if self.pretrain.per_seed else self.seeds[0]
+
+    @property
+    def pretrain_seeds(self) -> list[int]:
+        """The seeds of the pretraining runs, in study-seed order (none without a stage)."""
+        if self.pretrain is None:
+            return []
+        return list(dict.fromkeys(self.pretrain_seed(seed) for seed in self.seeds))
 
     def arm(self, label: str) -> Arm:
         return next(a for a in self.arms if a.label == label)
@@ -154,10 +219,14 @@ def parse_spec(raw: dict[str, Any], allow_large: bool = False) -> AblationSpec:
             candidates.append((", ".join(label for label, _ in combo), overrides))
     candidates += explicit
 
+    pretrain = _pretrain_stage(raw["pretrain"], base) if raw.get("pretrain") is not None else None
+
     arms: list[Arm] = []
     skipped: list[str] = []
     seen: dict[str, str] = {}
     for label, overrides in candidates:
+        if label == PRETRAIN:
+            raise UsageError(f"arm label {PRETRAIN!r} is reserved for the pretraining stage; choose another label")
         config = build_config(base.to_dict(), overrides, where=f"arm {label!r}: ")
         digest = config.hash()
         if digest in seen:
@@ -174,12 +243,62 @@ def parse_spec(raw: dict[str, Any], allow_large: bool = False) -> AblationSpec:
     if baseline not in {a.label for a in arms}:
         raise UsageError(f"baseline={baseline!r}: not an arm of this spec; arms: "
                          f"{', '.join(a.label for a in arms)}")
-    n_cells = len(arms) * len(seeds)
-    if n_cells > LARGE_STUDY_CELLS and not allow_large:
-        raise UsageError(f"design={design!r} gives {len(arms)} arms x {len(seeds)} seeds = {n_cells} runs; "
+    spec = AblationSpec(name, design, base, arms, seeds, baseline, str(raw.get("description") or ""),
+                        tuple(skipped), pretrain)
+    _check_dependents(spec)
+    n_cells, n_pretrain = len(spec.cells), len(spec.pretrain_seeds)
+    if n_cells + n_pretrain > LARGE_STUDY_CELLS and not allow_large:
+        extra = f" + {n_pretrain} pretraining runs" if n_pretrain else ""
+        raise UsageError(f"design={design!r} gives {len(arms)} arms x {len(seeds)} seeds = {n_cells} runs{extra}; "
                          f"pass --yes to run that many (or list fewer levels)")
-    return AblationSpec(name, design, base, arms, seeds, baseline, str(raw.get("description") or ""),
-                        tuple(skipped))
+    return spec
+
+
+def _pretrain_stage(section: Any, base: Config) -> PretrainStage:
+    """`pretrain: {set: {...}, per_seed: bool}` -> the stage, checked like an arm's `set`."""
+    if not isinstance(section, dict):
+        raise UsageError(f"pretrain: must be a mapping {{set: {{dotted.key: value}}, per_seed: true|false}}, "
+                         f"got {section!r}")
+    unknown = sorted(set(section) - set(PRETRAIN_KEYS))
+    if unknown:
+        raise UsageError(f"pretrain key {unknown[0]!r} is not known; allowed: {', '.join(PRETRAIN_KEYS)}")
+    overrides = section.get("set")
+    if not isinstance(overrides, dict) or not overrides:
+        raise UsageError(f"pretrain.set: missing or empty (got {overrides!r}); it names what the pretraining "
+                         f"changes against the base as dotted keys, e.g. {{data.train_chars: null}}")
+    per_seed = section.get("per_seed", True)
+    if not isinstance(per_seed, bool):
+        raise UsageError(f"pretrain.per_seed={per_seed!r}: allowed: true or false")
+    for path in overrides:
+        check_path(path, "pretrain: key")
+    config = build_config(base.to_dict(), {**overrides, "train.save_checkpoint": True}, where="pretrain: ")
+    if uses_pretrain(config):
+        source = "pretrain.set" if "transfer.init_from" in overrides else "the base"
+        raise UsageError(f"pretrain: transfer.init_from={PRETRAIN!r} would start the pretraining from itself "
+                         f"(set by {source}); allowed there: null or a checkpoint path")
+    return PretrainStage(dict(overrides), config, per_seed)
+
+
+def _check_dependents(spec: AblationSpec) -> None:
+    """Arms that fine-tune need the stage, the stage needs an arm, and its checkpoint must load."""
+    dependents, pretrain = spec.pretrain_arms, spec.pretrain
+    if pretrain is None:
+        if dependents:
+            raise UsageError(f"arm {dependents[0].label!r}: transfer.init_from={PRETRAIN!r} names the study's "
+                             f"pretraining stage, but the spec has no pretrain: section; add one, e.g. "
+                             f"pretrain: {{set: {{data.train_chars: null}}}}")
+        return
+    if not dependents:
+        raise UsageError(f"pretrain: no arm uses it; set transfer.init_from: {PRETRAIN} in an arm (or a factor "
+                         f"level), or remove the pretrain: section")
+    source = pretrain.config.flat()
+    for arm in dependents:
+        flat = arm.config.flat()
+        for key in MODEL_SHAPE_KEYS:
+            if flat[key] != source[key]:
+                raise UsageError(f"arm {arm.label!r}: {key}={flat[key]!r} but the pretraining has {key}="
+                                 f"{source[key]!r}; an arm that fine-tunes keeps the pretrained model's "
+                                 f"shape ({', '.join(MODEL_SHAPE_KEYS)})")
 
 
 def _default_baseline(arms: list[Arm], base: Config) -> str:
