@@ -97,6 +97,7 @@ def test_transfer_from_an_mlflow_run(project, tiny, small_corpus):
     source = run_tracked(build_config({}, {**tiny, "train.save_checkpoint": True}), client, "train")
     fine = run_tracked(build_config({}, {**tiny, "transfer.init_from": f"runs:/{source.run_id}",
                                           "transfer.freeze_embeddings": True, "train.epochs": 1}), client, "train")
+    assert client.get_run(fine.run_id).data.params["transfer.init_from"] == f"runs:/{source.run_id}"  # as given
     # Starting from trained weights, the first evaluation beats the source's first one.
     assert fine.result.history[0].val_loss < source.result.history[0].val_loss
     # Frozen embeddings (and the head tied to them) keep the source's values; the blocks train on.

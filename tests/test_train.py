@@ -146,6 +146,22 @@ def ev(step, val, train_eval=1.0):
                       test_loss=val + 0.1, lr=0.1, grad_norm=1.0, grad_norm_max=1.0, clip_frac=0.0, tokens_per_s=1.0)
 
 
+def test_a_run_reference_initialises_from_the_state_given_without_a_store(tiny, tmp_path, monkeypatch):
+    """The core never resolves `runs:/<run id>` (that is the tracking layer's, which passes the
+    loaded checkpoint as init_state), and refuses one it is not given the state of."""
+    monkeypatch.setenv("ABLATE_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    source = train(build_config({}, {**tiny, "train.epochs": 1}))
+    cfg = build_config({}, {**tiny, "train.epochs": 1, "transfer.init_from": "runs:/0123abcd",
+                            "transfer.freeze_embeddings": True})
+    fine = train(cfg, init_state=source.checkpoint)
+    assert torch.equal(fine.checkpoint["model"]["tok_emb.weight"], source.checkpoint["model"]["tok_emb.weight"])
+    assert fine.history[0].val_loss < source.history[0].val_loss  # it started from trained weights
+    assert list(tmp_path.iterdir()) == []  # no store was looked for or made
+    with pytest.raises(ValueError, match="names an MLflow run"):
+        train(cfg)
+
+
 def test_overfit_onset_and_summary():
     assert overfit_onset([3.0, 2.5, 2.4, 2.45, 2.6, 2.7], [1, 2, 3, 4, 5, 6], patience=2) == 3
     assert overfit_onset([3.0, 2.5, 2.6, 2.4, 2.5], [1, 2, 3, 4, 5], patience=2) is None

@@ -14,6 +14,8 @@ import torch
 from harness.core.errors import UsageError
 
 FORMAT = 1
+RUN_PREFIX = "runs:/"
+"""How `transfer.init_from` names an MLflow run (its checkpoint/last.pt) instead of a path."""
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -39,24 +41,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def resolve_checkpoint(ref: str) -> Path:
-    """A path, or `runs:/<run id>` for that MLflow run's `checkpoint/last.pt` artifact.
+def init_checkpoint(ref: str) -> dict[str, Any]:
+    """The checkpoint a `transfer.init_from` path names.
 
-    The run is looked up in the project's store (harness.tracking.store.tracking_uri), which may not be
-    open yet (preflight runs before it is), and a store that does not exist is not created.
+    The other form, `runs:/<run id>`, names an MLflow run's checkpoint: the tracking layer loads
+    it (harness.tracking.store.transfer_state) and hands the state to harness.core.train, so this
+    layer never opens a store.
     """
-    if not ref.startswith("runs:/"):
-        return Path(ref).expanduser()
-    import mlflow  # only here: checkpoint paths need no tracking store
-
-    from harness.tracking.store import read_store, tracking_uri
-
-    run_id = ref[len("runs:/"):].strip("/").split("/")[0]
-    read_store(f"transfer.init_from={ref!r}")
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/last.pt",
-                                                    tracking_uri=tracking_uri())
-    except Exception as exc:
-        raise UsageError(f"transfer.init_from={ref!r}: no checkpoint in that MLflow run "
-                         f"({str(exc).splitlines()[0]}); train it with train.save_checkpoint=true") from None
-    return Path(local)
+    if ref.startswith(RUN_PREFIX):
+        raise ValueError(f"transfer.init_from={ref!r} names an MLflow run: load it with "
+                         f"harness.tracking.store.transfer_state and pass the state as init_state")
+    return load_checkpoint(Path(ref).expanduser())

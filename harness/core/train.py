@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from harness.core.augment import augment_batch
-from harness.core.checkpoint import load_checkpoint, resolve_checkpoint
+from harness.core.checkpoint import init_checkpoint
 from harness.core.config import Config
 from harness.core.data import (Dataset, epoch_batches, eval_windows, load_corpus, make_dataset,
                           windows_per_epoch)
@@ -76,10 +76,15 @@ def prepare_data(cfg: Config) -> Dataset:
                         d.test_fraction)
 
 
-def build_model(cfg: Config, vocab_size: int) -> GPT:
+def build_model(cfg: Config, vocab_size: int, init_state: dict[str, Any] | None = None) -> GPT:
+    """The model of `cfg`, initialised from transfer.init_from when set and frozen as it says.
+
+    `init_state` is the checkpoint transfer.init_from names, when the caller has loaded it: a
+    `runs:/` reference must be (harness.tracking.store.transfer_state), a path may be.
+    """
     model = GPT(cfg.model, vocab_size, cfg.data.block_size)
     if cfg.transfer.init_from:
-        _init_from(model, cfg, vocab_size)
+        _init_from(model, cfg.transfer.init_from, vocab_size, init_state)
     if cfg.transfer.freeze_blocks > cfg.model.n_layer:
         raise UsageError(f"transfer.freeze_blocks={cfg.transfer.freeze_blocks}: the model has only "
                          f"{cfg.model.n_layer} blocks; allowed: 0..{cfg.model.n_layer}")
@@ -92,9 +97,9 @@ def build_model(cfg: Config, vocab_size: int) -> GPT:
     return model
 
 
-def _init_from(model: GPT, cfg: Config, vocab_size: int) -> None:
-    ref = cfg.transfer.init_from
-    state = load_checkpoint(resolve_checkpoint(ref))
+def _init_from(model: GPT, ref: str, vocab_size: int, state: dict[str, Any] | None) -> None:
+    if state is None:
+        state = init_checkpoint(ref)
     source_cfg = state.get("config", {})
     if len(state.get("vocab", "")) != vocab_size:
         raise UsageError(
@@ -141,8 +146,12 @@ def mean_loss(model: GPT, loss_fn: Callable, windows: torch.Tensor, batch_size: 
 
 
 def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None = None,
-          progress: bool = False, dataset: Dataset | None = None) -> TrainResult:
-    """Train one run. Raises NonFiniteLoss on divergence, Interrupted on Ctrl-C."""
+          progress: bool = False, dataset: Dataset | None = None,
+          init_state: dict[str, Any] | None = None) -> TrainResult:
+    """Train one run. Raises NonFiniteLoss on divergence, Interrupted on Ctrl-C.
+
+    `init_state`: the checkpoint transfer.init_from names, already loaded (see build_model).
+    """
     hooks = hooks or Hooks()
     t = cfg.train
     if t.threads:
@@ -154,7 +163,7 @@ def train(cfg: Config, hooks: Hooks | None = None, resume: dict[str, Any] | None
     torch.manual_seed(t.seed)  # init and dropout
     data_rng = torch.Generator().manual_seed(t.seed)
     augment_rng = torch.Generator().manual_seed(t.seed + 1_000_003)
-    model = build_model(cfg, vocab_size).to(device)
+    model = build_model(cfg, vocab_size, init_state).to(device)
     n_params = model.n_params()
     optimizer = make_optimizer(model, cfg)
     # Compile the loss, not the module: `model.loss` on a compiled module would call the

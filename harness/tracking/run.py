@@ -19,7 +19,7 @@ from harness.core.curves import learning_curves
 from harness.core.data import Dataset
 from harness.core.errors import UsageError
 from harness.core.metrics import Evaluation
-from harness.tracking.store import RunTracker, local_artifact_dir, save_checkpoint_artifact
+from harness.tracking.store import RunTracker, local_artifact_dir, save_checkpoint_artifact, transfer_state
 from harness.core.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
                            prepare_data, train)
 
@@ -36,13 +36,15 @@ def preflight(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     """Everything that can reject the config, done before a run exists in the store.
 
     The ranges are the config's own; here: the corpus and its split, the device, the sample
-    prompt against the corpus's vocabulary, and the model's shape and transfer checkpoint.
-    `dataset`, when given, is `cfg`'s data already prepared.
+    prompt against the corpus's vocabulary, and the model's shape and transfer checkpoint (a
+    `runs:/` one read from the project's store). `dataset`, when given, is `cfg`'s data already
+    prepared.
     """
     data = dataset or prepare_data(cfg)
     pick_device(cfg.train.device)
     check_prompt(cfg, data)
-    build_model(cfg, len(data.vocab))  # shape and transfer errors surface here
+    # shape and transfer errors surface here
+    build_model(cfg, len(data.vocab), transfer_state(cfg.transfer.init_from))
     return data
 
 
@@ -111,7 +113,8 @@ def _train_and_close(cfg: Config, tracker: RunTracker, data: Dataset,
                      resume: dict[str, Any] | None) -> RunOutcome:
     hooks = Hooks(on_eval=tracker.log_eval, should_stop=should_stop)
     try:
-        result = train(cfg, hooks, resume=resume, progress=progress, dataset=data)
+        result = train(cfg, hooks, resume=resume, progress=progress, dataset=data,
+                       init_state=transfer_state(cfg.transfer.init_from))
     except Interrupted as stop:
         if stop.checkpoint is not None:
             save_checkpoint_artifact(tracker, stop.checkpoint)

@@ -246,6 +246,29 @@ def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
     return local_path(client.get_run(run_id).info.artifact_uri)
 
 
+def transfer_state(init_from: str | None) -> dict[str, Any] | None:
+    """The checkpoint `transfer.init_from` names when it is `runs:/<run id>`: that MLflow run's
+    `checkpoint/last.pt`, loaded for harness.core.train (which reads paths itself, so a path or no
+    reference gives None).
+
+    The run is looked up in the project's store, which may not be open yet (preflight runs before
+    it is), and a store that does not exist is not created.
+    """
+    from harness.core.checkpoint import RUN_PREFIX, load_checkpoint  # torch: this module loads it nowhere else
+
+    if not init_from or not init_from.startswith(RUN_PREFIX):
+        return None
+    run_id = init_from[len(RUN_PREFIX):].strip("/").split("/")[0]
+    read_store(f"transfer.init_from={init_from!r}")
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/last.pt",
+                                                    tracking_uri=tracking_uri())
+    except Exception as exc:
+        raise UsageError(f"transfer.init_from={init_from!r}: no checkpoint in that MLflow run "
+                         f"({str(exc).splitlines()[0]}); train it with train.save_checkpoint=true") from None
+    return load_checkpoint(local)
+
+
 def save_checkpoint_artifact(tracker: RunTracker, state: dict[str, Any]) -> None:
     from harness.core.checkpoint import save_checkpoint
 
