@@ -232,12 +232,14 @@ def test_mapping_choices_are_encoded_as_labels_and_decoded():
 
 
 def test_importance_and_figures_handle_few_and_enough_trials():
-    from harness.report.search_figures import history, importance, importance_table, intermediate, trials_frame
+    from harness.report.search import importance_table, trials_table
+    from harness.report.search_figures import history, importance, intermediate
+    from harness.studies.search import is_baseline
 
     step_size = {"int": [1, 4], "when": {"schedule.name": "step"}}
     spec = parse_search_spec(spec_with(space={"schedule.step_size": step_size}))
     study = optuna.create_study(sampler=spec.make_sampler())
-    table, notes = importance_table(study, spec, "ped-anova")
+    table, notes = importance_table(study, spec.objective.names, "ped-anova")
     assert table.empty and "needs at least 4 completed trials; this study has 0" in notes[0]
     for i in range(12):
         trial = study.ask()
@@ -245,14 +247,14 @@ def test_importance_and_figures_handle_few_and_enough_trials():
         trial.report(1.0 + i, 0)
         study.tell(trial, 2 * cfg.model.dropout + (0.05 if cfg.schedule.name == "step" else 0.0))
     for evaluator in ("ped-anova", "fanova"):
-        table, notes = importance_table(study, spec, evaluator)
+        table, notes = importance_table(study, spec.objective.names, evaluator)
         assert table.groupby("objective")["importance"].sum().round(6).tolist() == [1.0]
         assert table.iloc[0]["param"] == "model.dropout"
         if evaluator == "fanova":
             assert "schedule.step_size" not in set(table["param"]) and "leaves out" in notes[0]
         bars = [p.get_width() for p in importance(table, evaluator).axes[0].patches if p.get_height() > 0]
         assert sorted(bars) == pytest.approx(sorted(table["importance"]))  # one bar per importance
-    frame = trials_frame(study.get_trials(), spec)
+    frame = trials_table(study.get_trials(), spec.objective.names, is_baseline)
     (best,) = [line for line in history(frame, spec.objective.names).axes[0].lines if line.get_label() == "best so far"]
     values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
     assert list(best.get_ydata()) == pytest.approx([min(values[:i + 1]) for i in range(len(values))])

@@ -1,7 +1,7 @@
 """The comparison report of one study: `build_report` reads MLflow and writes reports/NAME/.
 
 Pipeline: collect (MLflow -> pandas) -> arms (what counts, grouping, baseline) -> stats ->
-verdict -> search (Optuna, searches only) -> figures -> render. Each step is its own module.
+verdict -> search (what a search logged, searches only) -> figures -> render. Each step is its own module.
 
 The answer is the verdict table: every arm against the baseline on held-out (test) loss and on
 the gap together, paired by seed (verdict.verdict_table). `metric` only picks the secondary
@@ -112,10 +112,9 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     if not history.empty:
         history = history.merge(runs[["run_id", "arm"]], on="run_id")
     samples = _samples(runs, featured, study.tracking_uri)
-    search_data, search_note = (None, "only searches have an Optuna study to read")
+    search_data, search_note = (None, "only searches have search results")
     if study_type == "search":
-        search_data, search_note = search.load_search(name, study.parent_tag("harness.tracking.storage"),
-                                                      study.parent_tag("harness.objective"))
+        search_data, search_note = search.load_search(study)
         notes.append(search_note)
 
     out = claim_out_dir(Path(out_dir) if out_dir is not None else default_out_dir(name))

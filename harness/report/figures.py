@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from harness.report import search_figures
 from harness.report.search import SearchData
 from harness.report.stats import METRICS, curve_bands, pareto_front
 from harness.report.verdict import GAP, HELDOUT, LABELS, MIN_SEEDS
@@ -98,6 +99,8 @@ def _figures(data: FigureInput) -> list[tuple[str, str, FigureFn]]:
     if data.study_type == "search":
         figures += [("importance", "Parameter importance", importance),
                     ("optimization_history", "Optimization history", optimization_history)]
+    if data.search is not None and len(data.search.objectives) == 2:
+        figures.append(("search_pareto", "Pareto front of the search's objectives", search_pareto))
     return figures
 
 
@@ -303,7 +306,7 @@ def tradeoff(data: FigureInput) -> tuple[Figure | None, str]:
         front = runs.iloc[pareto_front(runs[x].to_numpy(), runs[y].to_numpy())]
         ax.plot(front[x], front[y], "k-", drawstyle="steps-post", lw=1, label="Pareto front")
         ax.scatter(front[x], front[y], s=60, facecolors="none", edgecolors="black")
-        caption += f" The line joins the {len(front)} runs no other run beats on both (Pareto front)."
+        caption += f" The line joins the {len(front)} runs no other run beats on both axes here (Pareto front)."
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.legend(fontsize=8, loc="best")
@@ -364,37 +367,29 @@ def gradients(data: FigureInput) -> tuple[Figure | None, str]:
 def importance(data: FigureInput) -> tuple[Figure | None, str]:
     if data.search is None:
         return None, data.search_note
-    table = data.search.importances
-    if table.empty:
+    fig = search_figures.importance(data.search.importances, data.search.evaluator)
+    if fig is None:
         return None, f"no parameter importance: {data.search.note}"
-    fig = Figure(figsize=(7.5, 0.35 * table["param"].nunique() * len(data.search.objectives) + 1.5),
-                 layout="constrained")
-    ax = fig.subplots()
-    sns.barplot(data=table, x="importance", y="param", hue="objective", ax=ax)
-    ax.set_xlabel("importance (PED-ANOVA, normalised)")
-    ax.set_ylabel("")
-    return fig, f"Optuna's PED-ANOVA importance of each searched parameter. {data.search.note}."
+    return fig, (f"{data.search.evaluator} importance of each searched parameter, normalised per objective. "
+                 f"{data.search.note}.")
 
 
 def optimization_history(data: FigureInput) -> tuple[Figure | None, str]:
     if data.search is None:
         return None, data.search_note
-    trials = data.search.trials
-    if trials.empty:
-        return None, "the Optuna study has no completed trial"
-    objectives = data.search.objectives
-    fig = Figure(figsize=(6 * len(objectives), 4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(objectives)))
-    for ax, objective, direction in zip(axes, objectives, data.search.directions):
-        values = trials[objective]
-        best = values.cummin() if direction == "minimize" else values.cummax()
-        ax.scatter(trials["number"], values, s=14, color=sns.color_palette()[0], label="trial")
-        ax.plot(trials["number"], best, color=sns.color_palette()[3], drawstyle="steps-post",
-                label=f"best so far ({direction})")
-        ax.set_xlabel("trial number")
-        ax.set_ylabel(objective)
-        ax.legend(fontsize=8)
-    return fig, "Each completed trial's objective value, and the best value so far."
+    fig = search_figures.history(data.search.trials, data.search.objectives)
+    if fig is None:
+        return None, "the search has no completed trial"
+    return fig, ("Each completed trial's objective value by trial number (lower is better), the best so far "
+                 "as a step line, the baseline trial circled.")
+
+
+def search_pareto(data: FigureInput) -> tuple[Figure | None, str]:
+    fig = search_figures.pareto(data.search.trials, data.search.objectives, data.search.front)
+    if fig is None:
+        return None, "the search has no completed trial"
+    return fig, (f"Every completed trial on the two objectives the search minimised (on validation text), the "
+                 f"Pareto front joined and labelled: the {len(data.search.front)} trials no other trial beats on both.")
 
 
 def _short(label: str, width: int = 40) -> str:
