@@ -100,8 +100,8 @@ def built_models(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor
     seen: list[dict[str, torch.Tensor]] = []
     original = train_mod.build_model
 
-    def spy(cfg: Config, vocab_size: int) -> GPT:
-        model = original(cfg, vocab_size)
+    def spy(cfg: Config, vocab_size: int, init_state: dict[str, Any] | None = None) -> GPT:
+        model = original(cfg, vocab_size, init_state)
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return model
 
