@@ -194,7 +194,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from harness.studies.search import run_search
+    from harness.studies.search_results import run_search
 
     _positive("--trials", args.trials)
     _positive("--workers", args.workers)

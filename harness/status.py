@@ -7,14 +7,15 @@ import on a small machine) so the command answers in about a second.
 from __future__ import annotations
 
 from harness.tracking.storage import default_storage, load_study
-from harness.studies.study import CELL_STATES, info, status_by_arm
+from harness.studies.cells import CELL_STATES, status_by_arm
+from harness.studies.record import read
 
 
 def print_status(name: str, storage_url: str | None) -> int:
     """Cells per arm and state (an ablation), or trials per state (a search): read-only, and
     fast to start (Optuna alone: no torch, no MLflow)."""
     study = load_study(name, storage_url or default_storage(), create=False)
-    if info(study)["type"] != "ablation":
+    if read(study).type != "ablation":
         by_state: dict[str, int] = {}
         for trial in study.get_trials(deepcopy=False):
             by_state[trial.state.name] = by_state.get(trial.state.name, 0) + 1

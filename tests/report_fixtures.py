@@ -117,8 +117,8 @@ class Store:
 
     def parent(self, experiment_id: str, study: str, study_type: str, baseline_arm: str | None = "baseline",
                storage: str | None = None, objective: str | None = None) -> str:
-        tags = {"harness.kind": "study", "harness.studies.study": study, "harness.study_type": study_type,
-                "harness.baseline_arm": baseline_arm, "harness.tracking.storage": storage,
+        tags = {"harness.kind": "study", "harness.study": study, "harness.study_type": study_type,
+                "harness.baseline_arm": baseline_arm, "harness.storage": storage,
                 "harness.objective": objective}
         run = self.client.create_run(experiment_id, run_name=study,
                                      tags={k: v for k, v in tags.items() if v is not None})
@@ -135,7 +135,7 @@ class Store:
         hist = synthetic_history(overrides, seed, n_evals)
         if status != "FINISHED":
             hist = {k: v[: n_evals // 2] for k, v in hist.items()}
-        tags = {"harness.kind": "run", "harness.studies.study": study, "harness.seed": str(seed),
+        tags = {"harness.kind": "run", "harness.study": study, "harness.seed": str(seed),
                 "harness.config_hash": config.hash(), "harness.recipe_hash": config.recipe_hash(),
                 "harness.git_commit": "0" * 40}
         if arm is not None:
@@ -167,7 +167,7 @@ class Store:
 
     def arm_summary(self, experiment_id: str, study: str, arm: str, parent_id: str) -> str:
         run = self.client.create_run(experiment_id, run_name=f"summary-{arm}", tags={
-            "harness.kind": "arm-summary", "harness.studies.study": study, "harness.arm": arm,
+            "harness.kind": "arm-summary", "harness.study": study, "harness.arm": arm,
             "mlflow.parentRunId": parent_id})
         self.client.log_batch(run.info.run_id, metrics=[Metric("final_gap_mean", 0.5, 0, 0)], synchronous=True)
         self.client.set_terminated(run.info.run_id, "FINISHED")

@@ -18,7 +18,7 @@ from harness.cli import main
 from harness.core.errors import UsageError
 from harness.studies.spec import load_spec, parse_spec
 from harness.tracking.storage import default_storage, load_study, open_storage
-from harness.studies.study import CELL_STATES
+from harness.studies.cells import CELL_STATES
 
 
 def write_spec(project, tiny, name="tiny", seeds=(0, 1), factors=None, **extra):
@@ -74,11 +74,11 @@ def stopped_mid_trial(study_name: str, storage_url: str, deadline: float, pid: i
         except UsageError:  # the driver has not created the study yet
             continue
         held = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                if "mlflow_run_id" in t.user_attrs and "harness.studies.worker" in t.system_attrs
-                and pid in (None, t.system_attrs["harness.studies.worker"]["pid"])]
+                if "mlflow_run_id" in t.user_attrs and "harness.worker" in t.system_attrs
+                and pid in (None, t.system_attrs["harness.worker"]["pid"])]
         if not held:
             continue
-        victim = held[0].system_attrs["harness.studies.worker"]["pid"]
+        victim = held[0].system_attrs["harness.worker"]["pid"]
         os.kill(victim, signal.SIGSTOP)
         again = study._storage.get_trial(held[0]._trial_id)
         if again.state == TrialState.RUNNING:
@@ -176,7 +176,7 @@ def test_study_runs_every_cell_once_and_reruns_only_what_is_missing(project, tin
     arm_runs = study.user_attrs["harness"]["arm_runs"]  # study -> arm -> seed runs
     for r in runs:
         assert r.data.tags["mlflow.parentRunId"] == arm_runs[r.data.tags["harness.arm"]]
-        assert {"harness.studies.study", "harness.arm", "harness.seed", "harness.config_hash", "optuna.trial_number"} <= set(r.data.tags)
+        assert {"harness.study", "harness.arm", "harness.seed", "harness.config_hash", "optuna.trial_number"} <= set(r.data.tags)
     trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.get_trials()}
     assert trial_runs == {r.info.run_id for r in runs}
     summaries = client.search_runs([runs[0].info.experiment_id], "tags.`harness.kind` = 'arm-summary'")
@@ -210,14 +210,14 @@ def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
     """A cell that crashed (not diverged: that is a result, tests/test_robustness.py) stays failed
     for the workers of this run and is trained again by the next `ablate run`, which leaves the
     finished cells alone."""
-    from harness.studies import worker
-    from harness.studies.study import create_ablation
+    from harness.studies import engine, worker
+    from harness.studies.ablation import create_ablation
     from harness.tracking.store import init_store
 
     path = write_spec(project, tiny, seeds=(0,))
     url = default_storage()
     create_ablation(load_spec(path), open_storage(url), url, init_store())
-    real = worker.run_tracked
+    real = engine.run_tracked
 
     def crash_the_dropout_arm(cfg, *args, **kwargs):
         if cfg.model.dropout > 0:
@@ -225,7 +225,7 @@ def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
         return real(cfg, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:  # not `monkeypatch`: its undo would leave the project
-        patch.setattr(worker, "run_tracked", crash_the_dropout_arm)
+        patch.setattr(engine, "run_tracked", crash_the_dropout_arm)
         assert worker.run_worker("tiny", url) == 2
     study = load_study("tiny", url)
     failed = study.get_trials(states=(TrialState.FAIL,))
@@ -249,7 +249,7 @@ def test_a_failed_cell_is_retried_by_the_next_run(project, tiny, capsys):
 def test_changed_base_config_is_refused_with_the_difference(project, tiny, capsys):
     path = write_spec(project, tiny, factors={"model.dropout": [0.2]})
     from harness.studies.spec import load_spec
-    from harness.studies.study import create_ablation
+    from harness.studies.ablation import create_ablation
     from harness.tracking.store import init_store
 
     client = init_store()
@@ -275,7 +275,7 @@ def test_sigkilled_worker_loses_no_cell_and_runs_none_twice(project, tiny):
     except AssertionError:
         driver.kill()
         raise
-    os.kill(victim.system_attrs["harness.studies.worker"]["pid"], signal.SIGKILL)  # frozen mid-trial
+    os.kill(victim.system_attrs["harness.worker"]["pid"], signal.SIGKILL)  # frozen mid-trial
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out
     study = load_study("tiny", default_storage())
@@ -301,7 +301,7 @@ def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, 
     """The several-machine set-up on one machine: Optuna and MLflow both on PostgreSQL, the
     study created by the driver, then three `ablate worker` processes joining it."""
     from harness.studies.spec import load_spec
-    from harness.studies.study import create_ablation
+    from harness.studies.ablation import create_ablation
     from harness.tracking.store import init_store
 
     storage_url = postgres_server("optuna")
@@ -320,7 +320,7 @@ def test_three_workers_on_postgresql_run_every_cell_exactly_once(project, tiny, 
     assert sum(trained) == 9  # every cell trained once, none twice
     study = load_study("tiny", storage_url)
     # Trained by these three workers (which of them took how many depends on timing).
-    assert {t.system_attrs["harness.studies.worker"]["pid"] for t in study.trials} <= {w.pid for w in workers}
+    assert {t.system_attrs["harness.worker"]["pid"] for t in study.trials} <= {w.pid for w in workers}
     arms = ("baseline", "dropout=0.2", "noise=0.05")
     assert complete_by_cell(study) == {(a, s): 1 for a in arms for s in (0, 1, 2)}
     assert len(study.trials) == 9
@@ -348,7 +348,8 @@ def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
     """A worker killed after creating its MLflow run but before writing the run id on its trial
     leaves a RUNNING run that only its tags tie to the trial: reaping closes it as KILLED."""
     from harness.studies.liveness import ATTR
-    from harness.studies.study import create_ablation, reap_dead
+    from harness.studies.ablation import create_ablation
+    from harness.studies.engine import reap_dead
     from harness.tracking.store import RunTracker, init_store
 
     spec = load_spec(write_spec(project, tiny, seeds=(0,)))
@@ -360,9 +361,9 @@ def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
     study._storage.set_trial_system_attr(trial._trial_id, ATTR, {
         "host": socket.gethostname(), "pid": dead.pid, "start": "1"})
     orphan = RunTracker.start(client, spec.name, "orphan", {
-        "harness.studies.study": spec.name, "optuna.trial_number": str(trial.number)})
+        "harness.study": spec.name, "optuna.trial_number": str(trial.number)})
     other_study = RunTracker.start(client, spec.name, "other", {
-        "harness.studies.study": "another", "optuna.trial_number": str(trial.number)})
+        "harness.study": "another", "optuna.trial_number": str(trial.number)})
 
     assert reap_dead(study, client) == [trial.number]
     run = client.get_run(orphan.run_id)

@@ -108,7 +108,7 @@ def test_ctrl_c_of_the_run_driver_then_rerun_then_report(project, tiny, capsys):
     except AssertionError:
         driver.kill()
         raise
-    pid = held.system_attrs["harness.studies.worker"]["pid"]
+    pid = held.system_attrs["harness.worker"]["pid"]
     os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver and its workers all get it
     wait_for(lambda: sigterm_reached(pid), "the driver stopping its workers", timeout=60, poll=0.1)
     with contextlib.suppress(ProcessLookupError):
@@ -172,9 +172,9 @@ def test_shipped_studies_validate_and_pass_preflight(path, monkeypatch):
     """What `ablate search` checks before it touches a store: the spec and its space (every
     extreme builds a config), and the baseline's pre-flight at every seed."""
     from harness.tracking.run import preflight
-    from harness.studies.search import describe
+    from harness.studies.search_results import describe
     from harness.studies.search_space import load_search_spec
-    from harness.studies.worker import DataCache
+    from harness.studies.engine import DataCache
 
     if SHARED_DATA.exists():
         monkeypatch.setenv("ABLATE_TINYSHAKESPEARE", str(SHARED_DATA))

@@ -60,7 +60,7 @@ def test_status_starts_without_torch_or_mlflow(project, tiny):
     """`ablate status` reads Optuna alone: the modules that take seconds to import stay out."""
     from harness.studies.spec import load_spec
     from harness.tracking.storage import default_storage, open_storage
-    from harness.studies.study import create_ablation
+    from harness.studies.ablation import create_ablation
     from harness.tracking.store import init_store
 
     spec = load_spec(write_spec(project, tiny))

@@ -22,9 +22,11 @@ from harness.studies import liveness
 from harness.studies.liveness import ATTR, WorkerId, is_dead, process_start
 from harness.studies.spec import load_spec
 from harness.tracking.storage import default_storage, load_study, open_storage
-from harness.studies.study import STALE, arm_configs, create_ablation, enqueue_missing, first_owner, reap_dead
+from harness.studies import _optuna
+from harness.studies.ablation import Ablation, create_ablation
+from harness.studies.cells import enqueue_missing, first_owner
+from harness.studies.engine import STALE, DataCache, claim, claim_popped, reap_dead, run_trial
 from harness.tracking.store import RunTracker, init_store
-from harness.studies.worker import DataCache, pop_waiting, run_ablation_cell
 
 from test_ablation import complete_by_cell, stopped_mid_trial, write_spec
 
@@ -83,7 +85,7 @@ def ablation(project: Path, tiny: dict) -> tuple[optuna.Study, MlflowClient]:
     return create_ablation(spec, open_storage(default_storage()), default_storage(), client), client
 
 
-def claim(study: optuna.Study, trial: optuna.Trial, who: dict[str, Any]) -> None:
+def claim_as(study: optuna.Study, trial: optuna.Trial, who: dict[str, Any]) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, ATTR, who)
     study._storage.set_trial_system_attr(trial._trial_id, "harness.heartbeat", time.time())
 
@@ -92,18 +94,17 @@ def test_a_duplicate_cell_stands_down_without_training(ablation):
     """Two workers re-queued the same dead cell at once: the later copy is pruned, pointing at the
     first, and trains nothing (no MLflow run); the first copy is not held back by the later one."""
     study, client = ablation
-    first = pop_waiting(study)
-    claim(study, first, WorkerId.me().as_attr())
+    first = optuna.Trial(study, _optuna.pop_waiting(study))
+    claim_as(study, first, WorkerId.me().as_attr())
     cell = {"arm": first.user_attrs["arm"], "seed": first.user_attrs["seed"]}
     study.enqueue_trial({}, user_attrs=cell)
     waiting = [t for t in study.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["arm"] == cell["arm"]]
     (copy,) = waiting
-    trial = optuna.Trial(study, copy._trial_id)
-    study._storage.set_trial_state_values(copy._trial_id, TrialState.RUNNING)
+    study._storage.set_trial_state_values(copy._trial_id, TrialState.RUNNING)  # as a worker's pop
     # Both RUNNING: the copy started later, so it defers; the first does not defer to it.
     assert first_owner(study, study._storage.get_trial(first._trial_id)) is None
     assert first_owner(study, study._storage.get_trial(copy._trial_id)).number == first.number
-    run_ablation_cell(study, trial, client, {}, DataCache())
+    assert claim_popped(study, Ablation(), copy._trial_id) is None
     done = study._storage.get_trial(copy._trial_id)
     assert done.state == TrialState.PRUNED and done.user_attrs["duplicate_of"] == first.number
     exp = client.get_experiment_by_name(study.study_name)
@@ -116,7 +117,7 @@ def test_a_reaped_trial_that_finishes_late_is_closed_stale_and_its_cell_reruns(a
     COMPLETE: its MLflow run must end KILLED as stale (not FINISHED, which would count the cell
     twice once it reruns), the worker must carry on, and the cell must be queued again."""
     study, client = ablation
-    trial = pop_waiting(study)
+    trial, beat = claim(study, Ablation())
     original = RunTracker.log_eval
     reaped: list[list[int]] = []
 
@@ -128,7 +129,7 @@ def test_a_reaped_trial_that_finishes_late_is_closed_stale_and_its_cell_reruns(a
             reaped.append(reap_dead(study, client))
 
     monkeypatch.setattr(RunTracker, "log_eval", stall_then_reap)
-    run_ablation_cell(study, trial, client, arm_configs(study), DataCache())
+    run_trial(study, trial, beat, Ablation(), client, DataCache())
     assert reaped == [[trial.number]]
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.FAIL and "no heartbeat" in frozen.system_attrs["harness.reaped"]

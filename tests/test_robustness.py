@@ -24,7 +24,8 @@ from harness.report import build_report
 from harness.tracking.run import run_tracked
 from harness.studies.spec import load_spec, parse_spec
 from harness.tracking.storage import default_storage, load_study, open_storage
-from harness.studies.study import create_ablation, info
+from harness.studies.ablation import create_ablation
+from harness.studies.record import read
 from harness.tracking.store import init_store
 from harness.core.train import Interrupted
 from harness.studies.worker import run_worker
@@ -148,8 +149,8 @@ def test_a_study_whose_creation_fails_leaves_nothing_behind_and_runs_again(proje
         assert client.search_runs([exp.experiment_id]) == []  # the parent run is gone (deleted)
         blocker.unlink()
         study = make()
-        assert info(study)["experiment"] == name
-        assert client.get_run(info(study)["parent_run_id"]).info.status == "RUNNING"
+        assert read(study).experiment == name
+        assert client.get_run(read(study).parent_run_id).info.status == "RUNNING"
 
 
 # --- 8. resuming ------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_a_diverging_arm_is_settled_and_the_study_completes(project: Path, tiny:
     out = capsys.readouterr().out
     assert any(line.split()[:3] == ["lr=1e+30", "0", "diverged"] for line in out.splitlines())  # cells table
     assert "1 cell(s) diverged" in out
-    parent = client.get_run(info(study)["parent_run_id"])
+    parent = client.get_run(read(study).parent_run_id)
     assert parent.info.status == "FINISHED"
     summaries = {r.data.tags["harness.arm"]: r for r in client.search_runs(
         [parent.info.experiment_id], "tags.`harness.kind` = 'arm-summary'")}
@@ -234,7 +235,7 @@ def test_ctrl_c_of_ablate_run_closes_the_running_cells(project: Path, tiny: dict
             trials = load_study(spec.name, default_storage(), create=False).get_trials(states=(TrialState.RUNNING,))
         except UsageError:
             continue
-        claimed = [t for t in trials if "harness.studies.worker" in t.system_attrs and "mlflow_run_id" in t.user_attrs]
+        claimed = [t for t in trials if "harness.worker" in t.system_attrs and "mlflow_run_id" in t.user_attrs]
     assert len(claimed) == 2, "the workers never started training"
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=120)

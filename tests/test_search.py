@@ -266,12 +266,13 @@ def test_importance_and_figures_handle_few_and_enough_trials():
 def reservation_study(spec, target: int) -> optuna.Study:
     """An in-memory study carrying what a driver stores (no training needed)."""
     study = optuna.create_study(sampler=spec.make_sampler())
-    study.set_user_attr("harness", {"type": "search", "target": target, "baseline_labels": spec.baseline_labels})
+    study.set_user_attr("harness", {"type": "search", "experiment": "reservation", "target": target, "baseline_labels": spec.baseline_labels})
     return study
 
 
 def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
-    from harness.studies.search import pop_slot, reserve
+    from harness.studies.engine import claim
+    from harness.studies.search import Search, reserve
 
     spec = parse_search_spec(spec_with())
     study = reservation_study(spec, 5)
@@ -282,7 +283,7 @@ def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING))
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING))
     trained = []
-    while (slot := pop_slot(study, spec)) is not None:
+    while (slot := claim(study, Search(spec))) is not None:
         trial, beat = slot
         beat.stop()
         values = spec.suggest(trial)
@@ -297,7 +298,7 @@ def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
     study.set_user_attr("harness", {**study.user_attrs["harness"], "target": 7})
     assert reserve(study) == 2
     for raised in (True, False):
-        trial, beat = pop_slot(study, spec)
+        trial, beat = claim(study, Search(spec))
         beat.stop()
         if raised:
             trial.set_user_attr("error", "NonFiniteLoss: non-finite loss at step 1")
@@ -306,7 +307,8 @@ def test_reservation_is_exact_and_a_raced_surplus_trial_never_trains():
 
 
 def test_grid_sampler_walks_its_grid_through_the_reservation():
-    from harness.studies.search import pop_slot, reserve
+    from harness.studies.engine import claim
+    from harness.studies.search import Search, reserve
 
     raw = spec_with(sampler="grid", space={"model.dropout": {"float": [0.0, 0.2], "step": 0.1}})
     spec = parse_search_spec(raw)
@@ -314,7 +316,7 @@ def test_grid_sampler_walks_its_grid_through_the_reservation():
     study = reservation_study(spec, 6)
     reserve(study)
     seen = []
-    while (slot := pop_slot(study, spec)) is not None:
+    while (slot := claim(study, Search(spec))) is not None:
         trial, beat = slot
         beat.stop()
         values = spec.suggest(trial)
@@ -382,7 +384,7 @@ def test_search_reaches_the_exact_total_with_pruned_failed_and_conditional_trial
                                               "harness.baseline_arm")} == {
         "harness.kind": "study", "harness.study_type": "search", "harness.objective": "val_loss",
         "harness.baseline_arm": "trial-0"}
-    assert parent.data.tags["harness.tracking.storage"] == default_storage()
+    assert parent.data.tags["harness.storage"] == default_storage()
     for name in ("trials.csv", "best_trials.json", "importance.csv", "importance.json", "history.png",
                  "intermediate.png"):
         assert artifact(client, parent.info.run_id, f"search/{name}").exists(), name
@@ -426,7 +428,7 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
     # Ctrl-C while a worker is mid-trial, made certain: that worker is frozen holding its trial
     # until the driver's SIGTERM has reached it (it dies without running on).
     held = stopped_mid_trial("tiny", default_storage(), deadline)
-    pid = held.system_attrs["harness.studies.worker"]["pid"]
+    pid = held.system_attrs["harness.worker"]["pid"]
     driver.send_signal(signal.SIGINT)
     while not sigterm_reached(pid) and time.time() < deadline:
         time.sleep(0.1)
@@ -441,7 +443,7 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
     assert stopped.state == TrialState.FAIL and "is gone" in stopped.system_attrs["harness.reaped"]
     run = store().get_run(held.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "worker died" in run.data.tags["harness.reason"]
-    assert all("harness.studies.worker" not in t.system_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
+    assert all("harness.worker" not in t.system_attrs for t in study.get_trials(states=(TrialState.RUNNING,)))
     before = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
     # A --timeout that passes before the workers are up starts no trial and keeps the reservation.

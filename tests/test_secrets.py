@@ -90,13 +90,13 @@ def test_a_dead_storage_with_a_password_never_shows_it(project: Path, tiny: dict
 def test_study_tags_and_output_carry_no_password(project: Path, tiny: dict, postgres_server,
                                                  capsys: pytest.CaptureFixture) -> None:
     """A study created on a real PostgreSQL server through URLs with a password (the test server
-    trusts local connections, so any password is accepted): the harness.tracking.storage tag, every other
+    trusts local connections, so any password is accepted): the harness.storage tag, every other
     tag and param of the study's runs, and everything printed hold no password."""
     from harness.studies.search import create_search
     from harness.studies.search_space import parse_search_spec
     from harness.studies.spec import parse_spec
     from harness.tracking.storage import open_storage
-    from harness.studies.study import create_ablation
+    from harness.studies.ablation import create_ablation
     from harness.tracking.store import init_store
 
     base_url = postgres_server("secrets")
@@ -117,7 +117,7 @@ def test_study_tags_and_output_carry_no_password(project: Path, tiny: dict, post
     for name in ("secret-abl", "secret-search"):
         exp = client.get_experiment_by_name(name)
         runs = client.search_runs([exp.experiment_id])
-        assert runs and all(r.data.tags.get("harness.tracking.storage") for r in runs if
+        assert runs and all(r.data.tags.get("harness.storage") for r in runs if
                             r.data.tags.get("harness.kind") == "study")
         for run in runs:
             text = yaml.safe_dump([run.data.tags, run.data.params])

@@ -38,6 +38,8 @@ SUMMARY_AT = {("val_loss", "best"): "best_val_loss", ("gap", "best"): "gap_at_be
               ("val_loss", "final"): "final_val_loss", ("gap", "final"): "final_gap"}
 """The summary metric holding an evaluation metric at the best evaluation (lowest val_loss) or
 at the last one: what a search objective's (metric, at) names."""
+PRUNED_VALUE = {"best": "best val_loss so far", "final": "val_loss"}
+"""What a search trial reports to the pruner at each evaluation, by the objective's `at`."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.report import search_figures
 from harness.report.collect import StudyData, load_texts
-from harness.tracking.storage import STORAGE_ENV, load_study
+from harness.core.metrics import PRUNED_VALUE
+from harness.tracking.storage import STORAGE_ENV, STORAGE_TAG, load_study
 from harness.tracking.uris import redact, scrub
 
 ARTIFACTS = "search"
@@ -41,8 +42,6 @@ MIN_IMPORTANCE_TRIALS = 4
 """Below this many completed trials an importance is noise (Optuna returns equal shares)."""
 EVALUATORS = {"ped-anova": "PED-ANOVA", "fanova": "fANOVA"}
 """`ablate search --importance` choices and how figures and importance.json name them."""
-STORAGE_TAG = "harness.storage"
-"""The parent run's tag with the Optuna storage URL (its password removed)."""
 IMPORTANCE_COLUMNS = ["objective", "param", "importance"]
 
 
@@ -152,7 +151,7 @@ def log_search_results(client: MlflowClient, parent_run_id: str, table: pd.DataF
     else:
         curves = {t.number: (t.state.name, dict(t.intermediate_values)) for t in study.get_trials(deepcopy=False)
                   if t.intermediate_values}
-        reported = "best val_loss so far" if at == "best" else "val_loss"
+        reported = PRUNED_VALUE[at]
         plots.append(("intermediate.png", search_figures.intermediate(curves, reported)))
     for filename, fig in plots:
         if fig is None:

@@ -1,33 +1,214 @@
-"""`ablate run`: validate a spec, create its study, run the missing cells with local workers,
-print what ran, and write the arm summaries once every cell is done."""
+"""Ablation studies: every arm x every seed, each cell one MLflow run, paired by seed.
+
+`ablate run` validates a spec, creates (or reopens) its study, runs the missing cells with
+local workers (harness.studies.engine), prints what ran and writes the arm summaries once every
+cell is done. A search's confirmation step is an ablation run the same way.
+"""
 
 from __future__ import annotations
 
 import json
 
-from optuna.trial import TrialState
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
 
+from harness.core.config import build_config, flatten
 from harness.core.errors import UsageError
-from harness.studies.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
-from harness.tracking.mlflow_ui import DEFAULT_UI_URL, experiment_url
-from harness.core.paths import mlruns_dir
-from harness.tracking.run import preflight
-from harness.studies.spec import AblationSpec, cell_config, load_spec
-from harness.tracking.storage import default_storage, open_storage
-from harness.studies.study import (DIVERGED_ATTEMPTS, SETTLED, cell_status, create_ablation, info,
-                           reap_dead, trials_by_cell, write_arm_summaries)
-from harness.tracking.store import init_store
-from harness.studies.worker import DataCache
+from harness.studies.arms import create_arm_runs, set_study_view, write_arm_summaries
+from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, cell_status, enqueue_missing, first_owner,
+                                   pretrain_cell, retire_deleted_runs, split_key, trials_by_cell)
+from harness.studies.engine import (DataCache, RunPlan, create_parent_run, created_study, drive, find_study,
+                                    name_objectives)
+from harness.studies.record import StudyRecord, read, write
+from harness.studies.spec import PRETRAIN, AblationSpec, cell_config, load_spec, uses_pretrain
 
+CELL_OBJECTIVE = "best_val_loss of one cell (arm x seed)"
+"""The objective's name in Optuna (optuna-dashboard shows it): an ablation's trials are cells,
+so its "best trial" is one seed of one arm; arms are compared by `ablate report`."""
+
+
+class Ablation:
+    """The engine's strategy for an ablation: the queue holds the cells not yet done."""
+
+    objectives = ["best_val_loss"]
+
+    def stopped(self, study: optuna.Study) -> bool:
+        return False
+
+    def top_up(self, study: optuna.Study) -> None:
+        enqueue_missing(study, retry_failed=False)
+
+    def stand_down(self, study: optuna.Study, trial: FrozenTrial) -> tuple[str, int, TrialState] | None:
+        # Two workers queued the same dead cell at once: the later copy stands down.
+        owner = first_owner(study, trial)
+        return None if owner is None else ("duplicate_of", owner.number, TrialState.PRUNED)
+
+    def plan(self, study: optuna.Study, trial: optuna.Trial) -> list[RunPlan]:
+        meta = read(study)
+        arm, seed = trial.user_attrs["arm"], trial.user_attrs["seed"]
+        tags = {"harness.arm": arm, "harness.seed": seed}
+        if arm == PRETRAIN:
+            # Nested under the study's run; the report lists these runs apart from the arms.
+            cfg = cell_config(build_config(meta.pretrain["config"]), seed)
+            return [RunPlan(cfg, f"{PRETRAIN} seed={seed}", meta.parent_run_id, {**tags, "harness.kind": PRETRAIN})]
+        cfg = cell_config(build_config(meta.arms[arm]["config"]), seed)
+        pre = pretrain_cell(meta, f"{arm}/seed={seed}")
+        if pre is not None:
+            # Resolved to the run itself: its params name the checkpoint it fine-tuned from.
+            run_id = pretrain_run(study, pre)
+            cfg = build_config(cfg.to_dict(), {"transfer.init_from": f"runs:/{run_id}"})
+            tags["harness.pretrain_run"] = run_id
+        # A cell nests under its arm's run (study -> arm -> seeds), or under the study's run in a
+        # study created before arms had runs.
+        return [RunPlan(cfg, f"{arm} seed={seed}", meta.arm_runs.get(arm, meta.parent_run_id), tags)]
+
+
+def pretrain_run(study: optuna.Study, key: str) -> str:
+    """The MLflow run of pretraining cell `key` (its COMPLETE trial's), which must be done."""
+    done = [t for t in trials_by_cell(study).get(key, []) if t.state == TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError(f"pretraining cell {key} is not done")  # enqueue_missing waits for it
+    return done[0].user_attrs["mlflow_run_id"]
+
+
+# --- creating an ablation study ----------------------------------------------------------------
+
+def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec) -> None:
+    """An arm label that now means a different config would silently mix two recipes."""
+    for arm in spec.arms:
+        before = meta.arms.get(arm.label)
+        if before is not None and before["hash"] != arm.config.hash():
+            was, now = flatten(before["config"]), arm.config.flat()
+            changed = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                       if was.get(k) != now.get(k)]
+            raise UsageError(
+                f"the spec of study {spec.name!r} changed since it ran: arm {arm.label!r} now differs "
+                f"({'; '.join(changed[:3])}); give the study a new name (name: {spec.name}-v2) to "
+                f"run the new recipe, or restore the spec to finish the old one")
+    if meta.pretrain is not None and spec.pretrain is not None and meta.pretrain["hash"] != spec.pretrain.config.hash():
+        raise UsageError(
+            f"the spec of study {spec.name!r} changed since it ran: its pretraining stage now differs; give the "
+            f"study a new name (name: {spec.name}-v2) to run the new recipe (finished pretraining runs of the same "
+            f"recipe are reused), or restore the spec to finish the old one")
+
+
+def _record(spec: AblationSpec, parent: str, previous: StudyRecord | None) -> StudyRecord:
+    """The study record: what it had (`previous`) joined with what `spec` adds."""
+    arms = dict(previous.arms) if previous else {}
+    arms.update({a.label: {"config": a.config.to_dict(), "hash": a.config.hash()} for a in spec.arms})
+    pretrain = previous.pretrain if previous else None
+    pretrain_cells = []
+    if spec.pretrain is not None:
+        stage = spec.pretrain
+        pretrain = {"config": stage.config.to_dict(), "hash": stage.config.hash(), "per_seed": stage.per_seed}
+        pretrain_cells = [f"{PRETRAIN}/seed={seed}" for seed in spec.pretrain_seeds]
+    return StudyRecord(
+        type="ablation", experiment=spec.name, parent_run_id=parent, arms=arms,
+        seeds=sorted(set(previous.seeds if previous else []) | set(spec.seeds)),
+        cells=sorted({*(previous.cells if previous else []), *(c.key for c in spec.cells), *pretrain_cells}),
+        baseline=spec.baseline, arm_runs=dict(previous.arm_runs) if previous else {}, pretrain=pretrain)
+
+
+def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, storage_url: str,
+                    client: MlflowClient) -> optuna.Study:
+    """Create (or reopen) the study, its MLflow runs (study, arms), then queue the missing cells.
+
+    Runs in the driver before any worker starts, so workers always find a complete study. A
+    rerun writes only what is new (arms, cells): with nothing to run it writes nothing.
+    """
+    existing = find_study(storage, spec.name)
+    if existing is None:
+        with created_study(storage, spec.name, ["minimize"], client) as (study, made):
+            spec_doc = {"name": spec.name, "design": spec.design, "baseline": spec.baseline, "seeds": spec.seeds,
+                        "base": spec.base.to_dict(),
+                        "arms": [{"label": a.label, "set": a.overrides} for a in spec.arms]}
+            parent = create_parent_run(client, spec.name, "ablation", storage_url,
+                                       spec.description or f"Ablation study {spec.name} ({spec.design})",
+                                       {"harness.baseline_arm": spec.baseline}, spec_doc, made)
+            meta = _record(spec, parent, None)
+            meta.arm_runs = create_arm_runs(client, meta, made)
+            write(study, meta)
+            name_objectives(study, [CELL_OBJECTIVE])
+            set_study_view(client, meta)
+            reuse_pretraining(study, client)
+            enqueue_missing(study, retry_failed=True)
+        return study
+    previous = read(existing)
+    if previous.type != "ablation":
+        raise UsageError(f"study {spec.name!r} exists and is a {previous.type}, not an ablation; rename the spec")
+    check_spec_unchanged(previous, spec)
+    meta = _record(spec, previous.parent_run_id, previous)
+    meta.arm_runs = create_arm_runs(client, meta, [])
+    write(existing, meta)
+    if existing.metric_names is None:  # a study created before the objective had a name
+        name_objectives(existing, [CELL_OBJECTIVE])
+    set_study_view(client, meta)
+    retire_deleted_runs(existing, client)
+    reuse_pretraining(existing, client)
+    enqueue_missing(existing, retry_failed=True)
+    if any(state not in SETTLED for state in cell_status(existing).values()):
+        client.update_run(previous.parent_run_id, status="RUNNING")
+    return existing
+
+
+def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
+    """A pretraining cell not yet done adopts a finished pretraining run of exactly its recipe
+    (same config hash, seed included) from any study of the project, so nothing is pretrained
+    twice: the cell gets a COMPLETE trial naming that run (user attribute `reused`). Returns the
+    run ids adopted."""
+    from optuna.trial import create_trial
+
+    meta = read(study)
+    if meta.pretrain is None:
+        return []
+    by_cell = trials_by_cell(study)
+    todo = {}
+    for key in meta.cells:
+        arm, seed = split_key(key)
+        if arm == PRETRAIN and not any(t.state == TrialState.COMPLETE for t in by_cell.get(key, [])):
+            todo[cell_config(build_config(meta.pretrain["config"]), seed).hash()] = (key, seed)
+    if not todo:
+        return []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, "tags.`harness.kind` = 'pretrain' and attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time ASC"])
+    adopted = []
+    for run in found:
+        key, seed = todo.pop(run.data.tags.get("harness.config_hash"), (None, None))
+        if key is None:
+            continue
+        metrics = run.data.metrics
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=metrics.get("best_val_loss", float("nan")),
+                                     user_attrs={"arm": PRETRAIN, "seed": seed, "mlflow_run_id": run.info.run_id,
+                                                 "reused": True, **{k: metrics[k] for k in ("best_val_loss", "final_gap")
+                                                                    if k in metrics}}))
+        adopted.append(run.info.run_id)
+    return adopted
+
+
+# --- `ablate run` ---------------------------------------------------------------------------------
 
 def check_cells(spec: AblationSpec) -> None:
     """Every cell's resolved config is checked before anything is written: its seed, its corpus
     (each distinct data setup loaded once), device, sample prompt, model and transfer checkpoint."""
+    from harness.tracking.run import preflight
+
     data = DataCache()
+    if spec.pretrain is not None:
+        from harness.core.leakage import check_pretraining_text
+
+        try:
+            preflight(cell_config(spec.pretrain.config, spec.pretrain_seeds[0]), data.get(spec.pretrain.config))
+        except UsageError as exc:
+            raise UsageError(f"pretrain: {exc}") from None
+        check_pretraining_text(spec.pretrain.config, spec.base)  # its errors name the stage
     for arm in spec.arms:
         try:
-            cells = [cell_config(arm.config, seed) for seed in spec.seeds]
-            preflight(cells[0], data.get(cells[0]))  # everything but the seed is the arm's
+            cfg = [cell_config(arm.config, seed) for seed in spec.seeds][0]  # everything but the seed is the arm's
+            if uses_pretrain(cfg):  # its checkpoint does not exist yet; the spec checked it fits
+                cfg = build_config(cfg.to_dict(), {"transfer.init_from": None})
+            preflight(cfg, data.get(cfg))
         except UsageError as exc:
             raise UsageError(f"arm {arm.label!r}: {exc}") from None
 
@@ -41,47 +222,58 @@ def describe(spec: AblationSpec) -> str:
         lines.append(f"  {arm.label:<{width}}  seeds {','.join(map(str, spec.seeds))}  {change}")
     for label in spec.skipped:
         lines.append(f"  (level {label} equals the base config: it is the baseline)")
+    if spec.pretrain is not None:
+        change = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec.pretrain.overrides.items()) or "(the base config)"
+        lines.append(f"  pretraining ({len(spec.pretrain_seeds)} run(s), seeds {','.join(map(str, spec.pretrain_seeds))}; "
+                     f"{', '.join(a.label for a in spec.pretrain_arms)} fine-tune from it): {change}")
     return "\n".join(lines)
 
 
 def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, dry_run: bool,
                  allow_large: bool) -> int:
+    from harness.tracking.storage import default_storage, open_storage
+    from harness.tracking.store import init_store
+
     spec = load_spec(spec_path, allow_large=allow_large or dry_run)  # a dry run says when --yes is needed
     check_cells(spec)
+    url = storage_url or default_storage()
     if dry_run:
         from harness.studies.plan import describe_plan
 
         print(describe(spec))
-        print(describe_plan(spec, storage_url or default_storage(), workers, yes=allow_large))
+        print(describe_plan(spec, url, workers, yes=allow_large))
         return 0
-    url = storage_url or default_storage()
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()
     print(describe(spec))
     study = create_ablation(spec, storage, url, client)
+    return run_cells(spec, study, url, client, workers)
+
+
+def run_cells(spec: AblationSpec, study: optuna.Study, url: str, client: MlflowClient, workers: int | None) -> int:
+    """Run a created study's missing cells, print the cells, and once every cell is settled write
+    the arm summaries and close the study's run. 0 when complete, 1 when cells did not finish."""
+    from harness.core.paths import mlruns_dir
+    from harness.tracking.mlflow_ui import DEFAULT_UI_URL, experiment_url
+
     status = cell_status(study)
     todo = sum(1 for s in status.values() if s not in SETTLED)
     if todo == 0:
         print("every cell is already done; nothing to run")
     else:
-        n = workers or default_workers(todo)
-        print(f"running {todo} of {len(status)} cells with "
-              f"{layout(n, {a.config.train.threads for a in spec.arms})}; "
-              f"logs in {mlruns_dir() / 'logs' / spec.name}")
-        procs = spawn_workers(spec.name, url, n, threads_per_worker(n), mlruns_dir() / "logs" / spec.name)
-        done = lambda: sum(1 for s in cell_status(study).values() if s in SETTLED)  # noqa: E731
-        codes = follow(procs, len(status), done, spec.name, on_interrupt=lambda: reap_dead(study, client))
-        if any(codes):
-            print(f"warning: worker exit codes {codes}; see the logs")
+        drive(study, url, client, workers, todo, f"{todo} of {len(status)} cells", len(status),
+              lambda: sum(1 for s in cell_status(study).values() if s in SETTLED),
+              {a.config.train.threads for a in spec.arms})
     print(cells_table(study))
     status = cell_status(study)
     missing = [k for k, s in status.items() if s not in SETTLED]
     if missing:
         print(f"{len(missing)} of {len(status)} cells did not finish ({', '.join(missing[:5])}"
-              f"{', ...' if len(missing) > 5 else ''}); run the same command again to retry them")
+              f"{', ...' if len(missing) > 5 else ''}); run the same command again to retry them "
+              f"(worker logs in {mlruns_dir() / 'logs' / spec.name})")
         return 1
     write_arm_summaries(study, client)
-    parent = info(study)["parent_run_id"]
+    parent = read(study).parent_run_id
     if client.get_run(parent).info.status != "FINISHED":  # a rerun with nothing to do writes nothing
         client.set_terminated(parent, status="FINISHED")
     diverged = [k for k, s in status.items() if s == "diverged"]
@@ -95,13 +287,13 @@ def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, d
     return 0
 
 
-def cells_table(study) -> str:
+def cells_table(study: optuna.Study) -> str:
     """arm, seed, state, best val loss, final gap, MLflow run id: one line per cell."""
     rows = [("arm", "seed", "state", "best_val", "final_gap", "mlflow run")]
     by_cell = trials_by_cell(study)
     status = cell_status(study)
-    for key in info(study)["cells"]:
-        arm, seed = key.rsplit("/seed=", 1)
+    for key in read(study).cells:
+        arm, seed = split_key(key)
         done = [t for t in by_cell.get(key, []) if t.state == TrialState.COMPLETE]
         latest = done[0] if done else (by_cell.get(key) or [None])[-1]
         attrs = latest.user_attrs if latest else {}

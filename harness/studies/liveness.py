@@ -18,9 +18,11 @@ from typing import Any
 
 import optuna
 
+from harness.studies import _optuna
+
 HEARTBEAT_S = float(os.environ.get("ABLATE_HEARTBEAT_S", "10"))
 GRACE_S = float(os.environ.get("ABLATE_GRACE_S", "60"))
-ATTR = "harness.studies.worker"
+ATTR = "harness.worker"
 
 
 def process_start(pid: int) -> str | None:
@@ -74,7 +76,7 @@ class Heartbeat:
     """Claims a trial for this process and beats its heartbeat until stopped."""
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.storage = study._storage
+        self.storage = _optuna.storage(study)
         self.trial_id = trial_id
         self._stop = threading.Event()
         self.storage.set_trial_system_attr(trial_id, ATTR, WorkerId.me().as_attr())

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from harness.core.errors import UsageError
-from harness.studies.spec import LARGE_STUDY_CELLS, AblationSpec, cell_config
+from harness.core.config import Config
+from harness.studies.spec import LARGE_STUDY_CELLS, PRETRAIN, AblationSpec, cell_config
 
 CALIBRATION_FRACTION = 0.1
 """The share of the baseline's epochs trained to calibrate the estimate when nothing finished yet."""
@@ -36,9 +37,10 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
     from optuna.trial import TrialState
 
     from harness.tracking.storage import load_study
-    from harness.studies.study import cell_status, trials_by_cell
+    from harness.studies.cells import cell_status, trials_by_cell
 
-    missing = {cell.key: "missing" for cell in spec.cells}
+    missing = {cell.key: "missing" for cell in spec.cells} | {f"{PRETRAIN}/seed={seed}": "missing"
+                                                               for seed in spec.pretrain_seeds}
     try:
         study = load_study(spec.name, storage_url, create=False)
     except UsageError as exc:
@@ -46,28 +48,29 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
         return missing, [], None if not_there else str(exc)
     known = cell_status(study)
     durations = [(t.datetime_complete - t.datetime_start).total_seconds()
-                 for trials in trials_by_cell(study).values() for t in trials
-                 if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+                 for key, trials in trials_by_cell(study).items() for t in trials
+                 if not key.startswith(f"{PRETRAIN}/")  # the pretraining is calibrated apart
+                 and t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
     return {key: known.get(key, "missing") for key in missing}, durations, None
 
 
-def calibrate(spec: AblationSpec, threads: int) -> Estimate:
-    """Train the baseline arm (its first seed) for CALIBRATION_FRACTION of its epochs, untracked,
-    and scale the time to the full budget."""
+def calibrate(label: str, full: Config, threads: int) -> Estimate:
+    """Train recipe `full` for CALIBRATION_FRACTION of its budget (epochs, or max_steps when that
+    ends it), untracked, and scale the time to the full budget."""
     from harness.core.config import build_config
     from harness.core.train import train
 
-    arm = spec.arm(spec.baseline)
-    full = cell_config(arm.config, spec.seeds[0])
-    epochs = max(1, math.ceil(full.train.epochs * CALIBRATION_FRACTION))
-    short = build_config(full.to_dict(), {"train.epochs": epochs, "train.threads": full.train.threads or threads,
-                                          "train.save_checkpoint": False})
+    t = full.train
+    unit, budget = ("steps", t.max_steps) if t.max_steps is not None else ("epochs", t.epochs)
+    part = max(1, math.ceil(budget * CALIBRATION_FRACTION))
+    short = build_config(full.to_dict(), {f"train.{'max_steps' if unit == 'steps' else 'epochs'}": part,
+                                          "train.threads": t.threads or threads, "train.save_checkpoint": False,
+                                          "transfer.init_from": None})
     start = time.perf_counter()
     train(short)
     took = time.perf_counter() - start
-    cell_s = took * full.train.epochs / epochs
-    return Estimate(cell_s, f"measured: {epochs} of {full.train.epochs} epochs of arm {arm.label!r} took "
-                            f"{took:.1f} s at {short.train.threads} thread(s)")
+    return Estimate(took * budget / part, f"measured: {part} of {budget} {unit} of {label} took "
+                                          f"{took:.1f} s at {short.train.threads} thread(s)")
 
 
 def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes: bool) -> str:
@@ -86,13 +89,24 @@ def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes
         finished = [str(seed) for seed in spec.seeds if states[f"{arm.label}/seed={seed}"] in ("done", "diverged")]
         if finished:
             lines.append(f"  {arm.label}: seeds {','.join(finished)} done")
+    pretrain = [key for key in todo if key.startswith(f"{PRETRAIN}/")]
+    cells = [key for key in todo if key not in pretrain]
     if todo:
         n = workers or default_workers(len(todo))
-        estimate = (Estimate(sum(durations) / len(durations), f"from {len(durations)} finished cell(s) of this study")
-                    if durations else calibrate(spec, threads_per_worker(n)))
-        wall = math.ceil(len(todo) / n) * estimate.cell_s  # n cells at a time
-        lines.append(f"estimated wall time: {format_duration(wall)} with {n} worker(s) "
-                     f"(about {estimate.cell_s:.0f} s per cell; {estimate.basis})")
+        wall = 0.0
+        if pretrain:  # the stage runs first: its cells each take a worker
+            first = cell_config(spec.pretrain.config, spec.pretrain_seeds[0])
+            stage = calibrate("the pretraining", first, threads_per_worker(n))
+            wall += math.ceil(len(pretrain) / n) * stage.cell_s
+            lines.append(f"pretraining: about {stage.cell_s:.0f} s per run ({stage.basis})")
+        if cells:
+            estimate = (Estimate(sum(durations) / len(durations), f"from {len(durations)} finished cell(s) of this study")
+                        if durations else calibrate(f"arm {spec.baseline!r}", cell_config(spec.arm(spec.baseline).config,
+                                                                                         spec.seeds[0]),
+                                                    threads_per_worker(n)))
+            wall += math.ceil(len(cells) / n) * estimate.cell_s  # n cells at a time
+            lines.append(f"cells: about {estimate.cell_s:.0f} s per cell ({estimate.basis})")
+        lines.append(f"estimated wall time: {format_duration(wall)} with {n} worker(s)")
     if len(spec.cells) > LARGE_STUDY_CELLS and not yes:
         lines.append(f"{len(spec.cells)} runs is more than {LARGE_STUDY_CELLS}: the real run needs --yes")
     return "\n".join(lines)

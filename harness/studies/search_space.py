@@ -22,6 +22,7 @@ from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampl
 from harness.core.config import (Config, ConstantSchedule, CosineSchedule, PlateauSchedule, StepSchedule,
                             build_config, read_yaml, set_dotted)
 from harness.core.errors import UsageError
+from harness.core.metrics import SUMMARY_AT
 from harness.studies.spec import check_name, check_path, check_seeds, format_value
 
 SPEC_KEYS = ("name", "description", "base", "objective", "sampler", "pruner", "trials", "seeds_per_trial",
@@ -29,8 +30,6 @@ SPEC_KEYS = ("name", "description", "base", "objective", "sampler", "pruner", "t
 KINDS = ("float", "int", "categorical")
 PARAM_KEYS = {"float": {"float", "log", "step", "when"}, "int": {"int", "log", "step", "when"},
               "categorical": {"categorical", "when"}}
-METRICS = {("val_loss", "best"): "best_val_loss", ("gap", "best"): "gap_at_best",
-           ("val_loss", "final"): "final_val_loss", ("gap", "final"): "final_gap"}
 OBJECTIVES = (("val_loss",), ("val_loss", "gap"))
 MAX_GRID_POINTS = 100_000
 """Most points a grid search may have: more would be built in memory while validating, and no
@@ -57,7 +56,7 @@ class Objective:
     @property
     def names(self) -> list[str]:
         """The run summary metrics the objective values are (best_val_loss, gap_at_best, ...)."""
-        return [METRICS[(m, self.at)] for m in self.metrics]
+        return [SUMMARY_AT[(m, self.at)] for m in self.metrics]
 
     @property
     def tag(self) -> str:

@@ -24,6 +24,8 @@ from harness.core.paths import mlruns_dir
 from harness.tracking.uris import redact, scrub
 
 ALLOWED = "journal:PATH, or postgresql+psycopg2://user:password@host:port/database"
+STORAGE_TAG = "harness.storage"
+"""The study run's MLflow tag naming its Optuna storage (the URL with its password removed)."""
 STORAGE_ENV = "ABLATE_STORAGE"
 """The default storage URL when set: how `ablate run` hands its storage to its workers (never on
 their command line, where `ps` shows a password to every user), and how a user keeps a password

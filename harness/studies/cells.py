@@ -1,0 +1,180 @@
+"""An ablation's cells (arm x seed) on the study's trials: which trials belong to which cell,
+each cell's state, and the queue of cells still to train.
+
+Optuna gives the queue and the trial states; a cell is done when one of its trials is COMPLETE,
+is never run twice to completion, and is retried when its worker died. Optuna alone (no torch,
+no MLflow): `ablate status` reads this in about a second.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from harness.studies.record import StudyRecord, read
+from harness.studies.spec import PRETRAIN
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+RETIRED = "harness.retired_trials"
+DIVERGED_ATTEMPTS = 2
+"""Tries after which a cell whose training diverged (non-finite loss) is settled as `diverged`: on
+a CPU the same recipe and seed diverge again, so retrying forever would keep a study from ever
+completing; one retry covers a divergence that was not deterministic (a GPU's)."""
+SETTLED = ("done", "diverged")
+"""Cell states that need no more training: a study whose cells are all settled is complete."""
+CELL_STATES = ("done", "diverged", "running", "failed", "waiting", "missing")
+
+
+def cell_key(trial: FrozenTrial) -> str | None:
+    arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
+    return None if arm is None else f"{arm}/seed={seed}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    arm, seed = key.rsplit("/seed=", 1)
+    return arm, int(seed)
+
+
+def trials_by_cell(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    """The trials of each cell, leaving out those retired because their MLflow run was deleted."""
+    retired = set(study.user_attrs.get(RETIRED, []))
+    out: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for trial in study.get_trials(deepcopy=False):
+        key = cell_key(trial)
+        if key is not None and trial.number not in retired:
+            out[key].append(trial)
+    return out
+
+
+def retire_deleted_runs(study: optuna.Study, client: MlflowClient) -> list[int]:
+    """A COMPLETE trial whose MLflow run the user deleted no longer counts: its cell runs again.
+
+    Finished trials cannot be changed in Optuna, so the study keeps the list of retired ones.
+    """
+    retired = set(study.user_attrs.get(RETIRED, []))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.number in retired or not run_id:
+            continue
+        try:
+            gone = client.get_run(run_id).info.lifecycle_stage == "deleted"
+        except Exception:  # purged from the store entirely
+            gone = True
+        if gone:
+            retired.add(trial.number)
+    if retired != set(study.user_attrs.get(RETIRED, [])):
+        study.set_user_attr(RETIRED, sorted(retired))
+    return sorted(retired)
+
+
+def diverged(trial: FrozenTrial) -> bool:
+    """Whether the trial failed because its training diverged (harness.studies.engine.fail_trial)."""
+    return trial.state == TrialState.FAIL and "diverged" in trial.user_attrs
+
+
+def pretrain_cell(meta: StudyRecord, key: str) -> str | None:
+    """The pretraining cell whose run cell `key` fine-tunes from, or None (not a dependent)."""
+    arm, seed = split_key(key)
+    config = meta.arms.get(arm, {}).get("config", {})
+    if meta.pretrain is None or config.get("transfer", {}).get("init_from") != PRETRAIN:
+        return None
+    return f"{PRETRAIN}/seed={seed if meta.pretrain['per_seed'] else meta.seeds[0]}"
+
+
+def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
+    """Queue every cell that has no COMPLETE, WAITING or RUNNING trial.
+
+    A cell whose trial failed is queued again only with `retry_failed` (a new `ablate run`),
+    except when its worker died (reaped), its training diverged, or its pretraining had failed:
+    that trial is retried at once, by any worker, a diverged one until it diverged
+    DIVERGED_ATTEMPTS times (then it is settled). A cell that fine-tunes from a pretraining run
+    is queued only once that run is done, so no worker ever pops a cell that must wait; when the
+    pretraining failed for this run of the study, the cell fails too, naming it (`blocked_by`).
+    """
+    meta = read(study)
+    queued = []
+    # Pretraining cells first: whether a dependent may be queued reads their state.
+    for key in sorted(meta.cells, key=lambda k: split_key(k)[0] != PRETRAIN):
+        by_cell = trials_by_cell(study)
+        trials = by_cell.get(key, [])
+        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            continue
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        if sum(map(diverged, failed)) >= DIVERGED_ATTEMPTS:
+            continue  # settled: the recipe diverges on this seed, which is a result
+        if failed and not retry_failed and not all(_retry_at_once(t) for t in failed):
+            continue
+        pre = pretrain_cell(meta, key)
+        if pre is not None and not _pretrained(study, meta, key, pre, by_cell.get(pre, []), trials):
+            continue
+        arm, seed = split_key(key)
+        study.enqueue_trial({}, user_attrs={"arm": arm, "seed": seed, "attempt": len(trials) + 1})
+        queued.append(key)
+    return queued
+
+
+def _retry_at_once(trial: FrozenTrial) -> bool:
+    """A failure that is no result of the cell's recipe: its worker died, or its pretraining failed."""
+    return "harness.reaped" in trial.system_attrs or diverged(trial) or "blocked_by" in trial.user_attrs
+
+
+def _pretrained(study: optuna.Study, meta: StudyRecord, key: str, pre: str, pre_trials: list[FrozenTrial],
+                trials: list[FrozenTrial]) -> bool:
+    """Whether the pretraining cell `pre` of cell `key` is done. When it failed and will not be
+    retried by this run's workers, `key` gets a FAIL trial saying so (once per failed try)."""
+    if any(t.state == TrialState.COMPLETE for t in pre_trials):
+        return True
+    if not pre_trials or any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in pre_trials):
+        return False
+    last = max(pre_trials, key=lambda t: t.number)
+    if last.state != TrialState.FAIL or (_retry_at_once(last) and sum(map(diverged, pre_trials)) < DIVERGED_ATTEMPTS):
+        return False  # about to be retried (pretraining cells are topped up first)
+    if any(t.user_attrs.get("blocked_by") == last.number for t in trials):
+        return False
+    arm, seed = split_key(key)
+    reason = last.user_attrs.get("error") or last.system_attrs.get("harness.reaped") or "failed"
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "arm": arm, "seed": seed, "attempt": len(trials) + 1, "blocked_by": last.number,
+        "error": f"its pretraining run ({pre}, trial {last.number}) failed: {reason}; fix it and run the "
+                 f"study again: the pretraining runs first, then this cell"}))
+    return False
+
+
+def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+    """Another trial of the same cell that has this cell already (complete, or started first)."""
+    for other in trials_by_cell(study).get(cell_key(trial), []):
+        if other.number == trial.number:
+            continue
+        if other.state == TrialState.COMPLETE:
+            return other
+        if other.state == TrialState.RUNNING and other.number < trial.number:
+            return other
+    return None
+
+
+def cell_status(study: optuna.Study) -> dict[str, str]:
+    """Each cell's state: done, diverged (settled), running, failed, waiting (or missing: not queued)."""
+    out = {}
+    by_cell = trials_by_cell(study)
+    for key in read(study).cells:
+        trials = by_cell.get(key, [])
+        states = {t.state for t in trials}
+        out[key] = ("done" if TrialState.COMPLETE in states else
+                    "running" if TrialState.RUNNING in states else
+                    "waiting" if TrialState.WAITING in states else
+                    "diverged" if sum(map(diverged, trials)) >= DIVERGED_ATTEMPTS else
+                    "failed" if TrialState.FAIL in states else "missing")
+    return out
+
+
+def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for key, state in cell_status(study).items():
+        row = counts.setdefault(split_key(key)[0], dict.fromkeys(CELL_STATES, 0))
+        row[state] += 1
+    return counts
