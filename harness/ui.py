@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from harness.core.errors import UsageError
 from harness.tracking.mlflow_ui import VIEW_TAG, experiment_url
-from harness.tracking.store import init_store, redact, tracking_uri
+from harness.tracking.store import init_store, tracking_uri
+from harness.tracking.uris import redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -18,9 +18,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from harness.core.metrics import COMPARABLE_METRICS
 from harness.report import search_figures
 from harness.report.search import SearchData
-from harness.report.stats import METRICS, curve_bands, pareto_front
+from harness.report.stats import curve_bands, pareto_front
 from harness.report.verdict import GAP, HELDOUT, LABELS, MIN_SEEDS
 
 DPI = 100
@@ -85,7 +86,7 @@ def write_figures(data: FigureInput, folder: Path) -> list[FigureFile]:
 
 
 def _figures(data: FigureInput) -> list[tuple[str, str, FigureFn]]:
-    noun = METRICS[data.metric].noun
+    noun = COMPARABLE_METRICS[data.metric].noun
     figures = [
         ("paired_differences", "Change against the baseline, paired by seed", paired_differences),
         ("validation_curves", "Validation loss of every arm", validation_curves),
@@ -274,7 +275,7 @@ def metric_by_arm(data: FigureInput) -> tuple[Figure | None, str]:
         ax.axvline(stats.loc[data.baseline, "mean"], color="black", ls="--", lw=0.8)
     ax.set_yticks(y, [_short(a) + (" (baseline)" if a == data.baseline else "") for a in data.arms])
     ax.set_ylim(len(data.arms) - 0.5, -0.5)  # the baseline on top
-    ax.set_xlabel(f"{metric} ({METRICS[metric].unit})" if METRICS[metric].unit else metric)
+    ax.set_xlabel(f"{metric} ({COMPARABLE_METRICS[metric].unit})" if COMPARABLE_METRICS[metric].unit else metric)
     ax.set_ylabel("")
     return fig, "Dots: runs. Diamonds: arm mean with its 95% t-interval. Dashed line: the baseline's mean."
 

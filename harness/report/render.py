@@ -16,11 +16,10 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from harness.core.metrics import SUMMARY_METRICS
+from harness.core.metrics import ARM_METRICS, COMPARABLE_METRICS, SUMMARY_METRICS
 from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
 from harness.report.links import run_url
-from harness.report.stats import ARM_METRICS, METRICS
 from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number, signed
 
 STUDY_KINDS = {"ablation": "ablation study", "search": "Optuna search", None: "loose runs"}
@@ -101,9 +100,9 @@ def facts(content: ReportContent) -> list[tuple[str, str]]:
                           f" ({_grouping(content)})"),
         ("Runs excluded", f"{len(content.excluded)}: {content.excluded_summary}"),
         ("Baseline", f"{content.baseline} ({content.baseline_note})" if content.baseline else content.baseline_note),
-        ("Verdicts on", f"{HELDOUT} ({METRICS[HELDOUT].noun} at the evaluation validation loss chose) "
-                        f"and {GAP} ({METRICS[GAP].noun} there), paired by seed, Holm-adjusted per axis"),
-        ("Secondary view", f"{content.metric}: {METRICS[content.metric].noun}, paired by seed"),
+        ("Verdicts on", f"{HELDOUT} ({COMPARABLE_METRICS[HELDOUT].noun} at the evaluation validation loss chose) "
+                        f"and {GAP} ({COMPARABLE_METRICS[GAP].noun} there), paired by seed, Holm-adjusted per axis"),
+        ("Secondary view", f"{content.metric}: {COMPARABLE_METRICS[content.metric].noun}, paired by seed"),
     ]
     if content.failed:
         rows.append(("Failed seeds", ", ".join(f"{arm}: {n}" for arm, n in content.failed.items())
@@ -244,7 +243,7 @@ def write_html(content: ReportContent, path: Path) -> None:
         comparison_rows=comparison_rows(content, content.arms), run_rows=run_rows(content),
         metrics=ARM_METRICS, figures=figures, skipped=[f for f in content.figures if not f.path],
         verdicts=verdict_sentences(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
-        how_to_read=HOW_TO_READ, noun=METRICS[content.metric].noun,
+        how_to_read=HOW_TO_READ, noun=COMPARABLE_METRICS[content.metric].noun,
         excluded=content.excluded.to_dict("records"), run_metrics=RUN_METRICS,
         parent_url=content.parent_run_id and run_url(content.ui_url, content.experiment_id, content.parent_run_id))
     path.write_text(html, encoding="utf-8")
@@ -313,7 +312,7 @@ def write_markdown(content: ReportContent, path: Path) -> None:
     lines += [f"- **{label}**: {md(value)}" for label, value in facts(content)]
     comparisons = comparison_rows(content, arms)
     if comparisons:
-        noun = md(METRICS[content.metric].noun)
+        noun = md(COMPARABLE_METRICS[content.metric].noun)
         lines += ["", f"## Secondary view: {noun} ({content.metric}), paired by seed", ""]
         lines += _md_table(
             ["arm", "pairs", "mean diff [95% CI]", "t-test p", "Wilcoxon p", "p (Holm)", "P(better)", "better on"],

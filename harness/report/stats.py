@@ -26,10 +26,6 @@ from harness.core.metrics import ARM_METRICS, COMPARABLE_METRICS
 
 CONFIDENCE = 0.95
 
-METRICS = COMPARABLE_METRICS
-"""Transitional: render.py and figures.py still read the metric words here; they move to
-harness.core.metrics.COMPARABLE_METRICS, then this name goes."""
-
 
 def t_interval(mean: ArrayLike, std: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """95% t-interval of a mean from the sample sd and size, elementwise; NaN where n < 2."""
