@@ -67,6 +67,11 @@ def test_cells_wait_for_their_pretraining_and_nothing_is_pretrained_twice(projec
         assert run.info.start_time >= source.info.end_time  # it waited for its pretraining
     out = capsys.readouterr().out
     assert "pretrain" in out  # the cells table lists the stage
+    assert main(["report", "transfer"]) == 0
+    report = (project / "reports" / "transfer" / "report.md").read_text()
+    assert "## Pretraining runs (2)" in report
+    assert all(run.info.run_id in report for run in pretrain.values())
+    assert "## Verdicts" in report and "finetune-freeze1" in report  # compared like any arm
     # A rerun: nothing to do, nothing trained.
     assert main(["run", str(path)]) == 0
     assert "every cell is already done" in capsys.readouterr().out
@@ -80,6 +85,8 @@ def test_cells_wait_for_their_pretraining_and_nothing_is_pretrained_twice(projec
     reused = {r.data.tags["harness.seed"]: r.data.tags["harness.pretrain_run"]
               for r in runs_of(client, "transfer-b", "run") if r.data.tags["harness.arm"] == "finetune-emb"}
     assert reused == {seed: run.info.run_id for seed, run in pretrain.items()}
+    assert main(["report", "transfer-b"]) == 0
+    assert "transfer (reused)" in (project / "reports" / "transfer-b" / "report.md").read_text()
     study = load_study("transfer-b", default_storage())
     adopted = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["arm"] == "pretrain"]
     assert len(adopted) == 2 and all(t.user_attrs["reused"] for t in adopted)

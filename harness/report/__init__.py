@@ -112,6 +112,8 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
     if not history.empty:
         history = history.merge(runs[["run_id", "arm"]], on="run_id")
     samples = _samples(runs, featured, study.tracking_uri)
+    pretraining = collect.load_pretraining(study, runs)
+    pretraining["url"] = [links.run_url(ui_url, study.experiment_id, r) for r in pretraining["run_id"]]
     search_data, search_note = (None, "only searches have search results")
     if study_type == "search":
         search_data, search_note = search.load_search(study)
@@ -135,6 +137,7 @@ def build_report(name: str, out_dir: Path | None = None, baseline: str | None = 
         arm_stats=arm_stats, comparisons=comparisons, verdicts=verdicts, failed=failed,
         ignore_failed=ignore_failed, headline=_headline(grouped, arm_stats, verdicts),
         description=question(study.parent_tag("mlflow.note.content")), samples=samples, runs=runs,
+        pretraining=pretraining,
         excluded=excluded,
         excluded_summary=arms_mod.excluded_summary(grouped.excluded), figures=figure_files, notes=notes)
     paths = out / "index.html", out / "report.md", out / "runs.csv", out / "verdicts.csv"

@@ -98,6 +98,8 @@ def _exclusion(run: pd.Series) -> str | None:
         return "the study's parent run"
     if kind == "arm-summary":
         return "an arm summary (the report recomputes arm statistics from the runs)"
+    if kind == "pretrain":
+        return "a pretraining run (listed under Pretraining runs)"
     if kind != "run":
         return f"harness.kind={kind}: not a training run" if kind else "no harness.kind tag: not an ablate run"
     status = run["status"]

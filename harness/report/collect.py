@@ -128,6 +128,32 @@ def _row(run: Any) -> dict[str, Any]:
     return row
 
 
+PRETRAIN_COLUMNS = ["run_id", "seed", "status", "study", "used_by", "best_val_loss", "test_loss", "wall_s"]
+
+
+def load_pretraining(study: StudyData, runs: pd.DataFrame) -> pd.DataFrame:
+    """The pretraining runs (harness.kind=pretrain) of study `study` and those its included
+    `runs` fine-tuned from (tag harness.pretrain_run; another study's, when a finished one was
+    reused): PRETRAIN_COLUMNS, one row per run, by seed. `used_by` counts the runs that loaded it."""
+    own = study.runs[study.runs["kind"] == "pretrain"]
+    used = (runs["tags.harness.pretrain_run"].dropna().value_counts()
+            if "tags.harness.pretrain_run" in runs else pd.Series(dtype=int))
+    rows = {r["run_id"]: r.to_dict() for _, r in own.iterrows()}
+    client = MlflowClient(tracking_uri=study.tracking_uri)
+    for run_id in used.index:
+        if run_id not in rows:
+            try:
+                rows[run_id] = _row(client.get_run(run_id))
+            except MlflowException:  # deleted since: the tag still names it
+                rows[run_id] = {"run_id": run_id, "status": "DELETED"}
+    table = pd.DataFrame([{"run_id": run_id, "seed": row.get("tags.harness.seed", ""), "status": row.get("status", ""),
+                           "study": row.get("tags.harness.study") or "", "used_by": int(used.get(run_id, 0)),
+                           **{m: row.get(m, float("nan")) for m in ("best_val_loss", "test_loss", "wall_s")}}
+                          for run_id, row in rows.items()], columns=PRETRAIN_COLUMNS)
+    order = table.assign(_seed=pd.to_numeric(table["seed"], errors="coerce")).sort_values(["_seed", "run_id"])
+    return order.drop(columns="_seed").reset_index(drop=True)
+
+
 def load_histories(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
     """The per-evaluation metrics of `runs` from their history.json artifacts, long format.
 

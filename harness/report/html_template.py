@@ -85,6 +85,16 @@ pre.sample { background: #fafafa; border: 1px solid #eee; padding: .6em; white-s
 <pre class="sample">{{ text }}</pre>
 {% endfor %}{% endif %}
 
+{% if pretraining %}<h2 id="pretraining">Pretraining runs ({{ pretraining|length }})</h2>
+<p class="small">The arms that set <code>transfer.init_from: pretrain</code> fine-tuned from these (each run's
+<code>harness.pretrain_run</code> tag names its own); they are compared above like any arm.</p>
+<div class="scroll"><table id="pretraining-table">
+<thead><tr><th>run</th><th>seed</th><th>status</th><th>trained by study</th><th>fine-tuned from it</th><th>best_val_loss</th><th>test_loss</th><th>wall_s</th></tr></thead>
+<tbody>
+{% for r in pretraining %}<tr><td><a href="{{ r.url }}">{{ r.run }}</a></td><td class="num">{{ r.seed }}</td><td>{{ r.status }}</td><td>{{ r.study }}</td><td class="num">{{ r.used_by }}</td><td class="num">{{ r.best_val_loss }}</td><td class="num">{{ r.test_loss }}</td><td class="num">{{ r.wall_s }}</td></tr>
+{% endfor %}</tbody>
+</table></div>{% endif %}
+
 <h2 id="runs">Runs ({{ run_rows|length }})</h2>
 <div class="scroll"><table id="run-table">
 <thead><tr><th>arm</th><th>seed</th><th>run</th>{% for m in run_metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>

@@ -61,6 +61,9 @@ class ReportContent:
     """Per featured arm: (seed, the text its run generated)."""
     runs: pd.DataFrame
     """Included runs in report order, with a ``url`` column."""
+    pretraining: pd.DataFrame
+    """collect.load_pretraining with a ``url`` column: the pretraining runs the study trained or
+    fine-tuned from (empty for a study without a pretraining stage)."""
     excluded: pd.DataFrame
     """arms.Arms.excluded with a ``url`` column."""
     excluded_summary: str
@@ -235,6 +238,19 @@ HOW_TO_READ = [
 ]
 
 
+PRETRAIN_HEADER = ["run", "seed", "status", "trained by study", "fine-tuned from it", "best_val_loss", "test_loss",
+                   "wall_s"]
+
+
+def pretraining_rows(content: ReportContent) -> list[dict[str, str]]:
+    """The pretraining runs, formatted (a run another study trained and this one reused says so)."""
+    return [{"run": r["run_id"], "url": r["url"], "seed": str(r["seed"]), "status": r["status"],
+             "study": r["study"] + ("" if r["study"] in ("", content.name) else " (reused)"),
+             "used_by": f"{r['used_by']} run(s)", "best_val_loss": number(r["best_val_loss"]),
+             "test_loss": number(r["test_loss"]), "wall_s": number(r["wall_s"])}
+            for r in content.pretraining.to_dict("records")]
+
+
 def write_html(content: ReportContent, path: Path) -> None:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     figures = [(f, _data_uri(f.path)) for f in content.figures if f.path]
@@ -245,6 +261,7 @@ def write_html(content: ReportContent, path: Path) -> None:
         verdicts=verdict_sentences(content), verdict_rows=verdict_rows(content), verdict_header=VERDICT_HEADER,
         how_to_read=HOW_TO_READ, noun=COMPARABLE_METRICS[content.metric].noun,
         excluded=content.excluded.to_dict("records"), run_metrics=RUN_METRICS,
+        pretraining=pretraining_rows(content),
         parent_url=content.parent_run_id and run_url(content.ui_url, content.experiment_id, content.parent_run_id))
     path.write_text(html, encoding="utf-8")
 
@@ -328,6 +345,14 @@ def write_markdown(content: ReportContent, path: Path) -> None:
         for arm, (seed, text) in content.samples.items():
             # A quote, escaped like every cell: generated text may hold anything, "<script>" too.
             lines += [f"**{md(arm)}** (seed {seed}):", ""] + [f"> {md(line)}  " for line in text.splitlines()] + [""]
+    pretraining = pretraining_rows(content)
+    if pretraining:
+        lines += ["", f"## Pretraining runs ({len(pretraining)})", "",
+                  "The arms that set `transfer.init_from: pretrain` fine-tuned from these (each run's "
+                  "`harness.pretrain_run` tag names its own); they are compared above like any arm.", ""]
+        lines += _md_table(PRETRAIN_HEADER, [[link(r["run"], r["url"]), md(r["seed"]), md(r["status"]), md(r["study"]),
+                                              r["used_by"], r["best_val_loss"], r["test_loss"], r["wall_s"]]
+                                             for r in pretraining])
     lines += ["", "## Figures", ""]
     for f in content.figures:
         if f.path:
