@@ -25,8 +25,8 @@ MUTATION_FUNCTIONS ?= 'harness.core.metrics.*' 'harness.core.augment.*' 'harness
 	'harness.core.model.x_decay_groups*' 'harness.core.model.xǁGPTǁloss*' 'harness.core.train.x_mean_loss*' \
 	'harness.core.train.x_make_optimizer*' 'harness.report.stats.*' 'harness.report.verdict.x_judge*' \
 	'harness.report.verdict.x__significant*' \
-	'harness.report.verdict.x_verdict*' 'harness.report.verdict.x_number*' \
-	'harness.report.verdict.x_p_text*' 'harness.report.render.x_md*'
+	'harness.report.verdict.x_verdict*' 'harness.report.formatting.*' \
+	'harness.report.verdict.x__change*' 'harness.report.render.x_md*'
 MUTATION_CHILDREN ?= 2
 
 mutation: $(STAMP)

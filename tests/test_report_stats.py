@@ -227,7 +227,7 @@ def test_arm_table_counts_text_numbers_and_only_values():
 
 def test_numbers_in_words():
     """Three significant digits; whole numbers from 1000 on; n/a for a missing value."""
-    from harness.report.verdict import number, p_text
+    from harness.report.formatting import number, p_text
 
     assert [number(x) for x in (0.012345, 2.0, 999.4, 1000.0, -1234.6)] == ["0.0123", "2", "999", "1000", "-1235"]
     assert number(float("nan")) == "n/a" and number(None) == "n/a"

@@ -26,7 +26,8 @@ from harness.report import collect, figures, links, render, search, stats
 from harness.report.output import claim_out_dir
 from harness.report.verdict import (ALPHA, FEW, GENERALIZES, HELDOUT, LABELS as VERDICT_ORDER, UNCLEAR,
                                     VERDICT_COLUMNS)
-from harness.report.verdict import number, verdict, verdict_table
+from harness.report.formatting import interval, number
+from harness.report.verdict import verdict, verdict_table
 from harness.tracking.uris import redact
 
 __all__ = ["ReportResult", "build_report", "default_out_dir"]
@@ -282,6 +283,6 @@ def _summary(content: render.ReportContent, index_html: Path) -> list[str]:
                 "verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICT_ORDER if v in counts)]
     best = _ranked(content.arm_stats, content.arms, HELDOUT)[0]
     row = content.arm_stats.set_index(["arm", "metric"]).loc[(best, HELDOUT)]
-    ci = "" if math.isnan(row["ci_low"]) else f" [{number(row['ci_low'])}, {number(row['ci_high'])}]"
+    ci = " " + interval(row["ci_low"], row["ci_high"]) if not math.isnan(row["ci_low"]) else ""
     return [first, content.headline,
             f"lowest mean {HELDOUT}: {best}, {number(row['mean'])}{ci} over {int(row['n'])} run(s); no verdicts"]

@@ -20,7 +20,8 @@ from harness.core.metrics import ARM_METRICS, COMPARABLE_METRICS, SUMMARY_METRIC
 from harness.report.figures import FigureFile
 from harness.report.html_template import HTML_TEMPLATE
 from harness.report.links import run_url
-from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS, number, signed
+from harness.report.formatting import interval, number, p_value, signed
+from harness.report.verdict import ALPHA, GAP, HELDOUT, MIN_SEEDS, VERDICT_COLUMNS
 
 STUDY_KINDS = {"ablation": "ablation study", "search": "Optuna search", None: "loose runs"}
 
@@ -126,7 +127,7 @@ def _cell(s: dict, n_runs: int) -> tuple[str, str]:
     extra = f" ({int(s['n'])}/{n_runs} runs)" if s["n"] < n_runs else ""
     if math.isnan(s["std"]):
         return number(s["mean"]), extra.strip()
-    return f"{number(s['mean'])} \u00b1 {number(s['std'])}", f"[{number(s['ci_low'])}, {number(s['ci_high'])}]{extra}"
+    return f"{number(s['mean'])} \u00b1 {number(s['std'])}", f"{interval(s['ci_low'], s['ci_high'])}{extra}"
 
 
 def arm_rows(content: ReportContent, arms: list[str]) -> list[dict]:
@@ -166,16 +167,10 @@ def verdict_rows(content: ReportContent) -> list[dict[str, str]]:
         return "n/a" if math.isnan(diff) else signed(diff, row[f"{axis}_ci_low"], row[f"{axis}_ci_high"])
 
     return [{"arm": r["arm"], "url": content.arm_links[r["arm"]], "verdict": r["verdict"], "n": str(int(r["n"])),
-             "failed": str(int(r["failed"])), "loss": change(r, HELDOUT), "loss_p": _p(r[f"{HELDOUT}_p_holm"]),
-             "gap": change(r, GAP), "gap_p": _p(r[f"{GAP}_p_holm"]),
+             "failed": str(int(r["failed"])), "loss": change(r, HELDOUT), "loss_p": p_value(r[f"{HELDOUT}_p_holm"]),
+             "gap": change(r, GAP), "gap_p": p_value(r[f"{GAP}_p_holm"]),
              "seeds": f"{int(r['seeds_lower_loss'])}/{int(r['n'])}", "sentence": r["sentence"]}
             for _, r in content.verdicts.iterrows()]
-
-
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def comparison_rows(content: ReportContent, arms: list[str]) -> list[dict[str, str]]:
@@ -189,7 +184,7 @@ def comparison_rows(content: ReportContent, arms: list[str]) -> list[dict[str, s
         diff = "n/a" if c["n"] == 0 else signed(c["mean_diff"], c["ci_low"], c["ci_high"])
         rows.append({
             "arm": arm, "url": content.arm_links[arm], "n": str(int(c["n"])), "diff": diff,
-            "t_p": _p(c["t_p"]), "wilcoxon_p": _p(c["wilcoxon_p"]), "p_holm": _p(c["p_holm"]),
+            "t_p": p_value(c["t_p"]), "wilcoxon_p": p_value(c["wilcoxon_p"]), "p_holm": p_value(c["p_holm"]),
             "p_better": "n/a" if math.isnan(c["p_better"]) else f"{c['p_better']:.2f}",
             "better": f"{int(c['n_better'])}/{int(c['n'])}", "verdict": c["verdict"],
             "significant": bool(c["n"] >= MIN_SEEDS and c["p_holm"] < ALPHA),

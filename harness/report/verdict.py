@@ -15,25 +15,12 @@ from typing import Any
 import pandas as pd
 
 from harness.core.metrics import COMPARABLE_METRICS
+from harness.report.formatting import interval, number, p_text, signed
 from harness.report.stats import compare
 
 MIN_SEEDS = 5
 """Fewer paired seeds than this: the report gives the numbers but declares no winner."""
 ALPHA = 0.05
-
-
-def number(x: float) -> str:
-    """Three significant digits; whole numbers from 1000 on (wall times)."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def p_text(p: float) -> str:
-    """'=0.03', '<0.001' or '=n/a': what follows 'p_holm' in a verdict."""
-    if math.isnan(p):
-        return "=n/a"
-    return "<0.001" if p < 0.001 else f"={p:.2g}"
 
 
 def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
@@ -61,11 +48,11 @@ def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
             f"better on {int(row['n_better'])}/{n} seeds")
     # The interval of the change's size, oriented like the verb.
     lo, hi = sorted((math.copysign(1, mean) * row["ci_low"], math.copysign(1, mean) * row["ci_high"]))
-    sized = f"by {size} [{number(lo)}, {number(hi)}]{tail}"
+    sized = f"by {size} {interval(lo, hi)}{tail}"
     if n < MIN_SEEDS:
         if mean == 0:  # no verb fits a change of nothing
             return (f"{arm}: evidence is thin ({n} paired seeds, fewer than {MIN_SEEDS}); no mean change "
-                    f"in the {info.noun} ([{number(row['ci_low'])}, {number(row['ci_high'])}]{tail}); "
+                    f"in the {info.noun} ({interval(row['ci_low'], row['ci_high'])}{tail}); "
                     "no winner declared.")
         return (f"{arm}: evidence is thin ({n} paired seeds, fewer than {MIN_SEEDS}); "
                 f"it {verb} the {info.noun} {sized}; no winner declared.")
@@ -73,7 +60,7 @@ def verdict(row: Mapping[str, Any], metric: str, baseline: str) -> str:
         return f"{arm} {verb} the {info.noun} {sized}."
     signed = f"{'+' if mean > 0 else '-' if mean < 0 else ''}{size}"
     return (f"{arm}: no clear difference in the {info.noun} "
-            f"({signed} [{number(row['ci_low'])}, {number(row['ci_high'])}]{tail}).")
+            f"({signed} {interval(row['ci_low'], row['ci_high'])}{tail}).")
 
 
 # --- the two-axis verdict: held-out loss and gap together ---------------------------------------
@@ -117,12 +104,6 @@ def judge(loss: Mapping[str, Any], gap: Mapping[str, Any], failed: int = 0,
 def _significant(row: Mapping[str, Any], direction: int) -> bool:
     p = row["p_holm"]
     return not math.isnan(p) and p < ALPHA and direction * row["mean_diff"] > 0
-
-
-def signed(mean: float, low: float, high: float, unit: str = "") -> str:
-    """'-0.041 nats [-0.060, -0.022]': a paired change with its interval (none when it has none)."""
-    text = f"{mean:+.3g}{unit}"
-    return text if math.isnan(low) else f"{text} [{low:+.3g}, {high:+.3g}]"
 
 
 def _change(row: Mapping[str, Any], unit: str = " nats") -> str:

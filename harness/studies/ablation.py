@@ -202,7 +202,11 @@ def check_cells(spec: AblationSpec) -> None:
             preflight(cell_config(spec.pretrain.config, spec.pretrain_seeds[0]), data.get(spec.pretrain.config))
         except UsageError as exc:
             raise UsageError(f"pretrain: {exc}") from None
-        check_pretraining_text(spec.pretrain.config, spec.base)  # its errors name the stage
+        # Against every held-out text a fine-tuning arm is measured on (an arm may change the data).
+        studied = {json.dumps(a.config.data.model_dump(mode="json"), sort_keys=True): a.config
+                   for a in spec.pretrain_arms}
+        for cfg in studied.values():
+            check_pretraining_text(spec.pretrain.config, cfg)  # its errors name the stage
     for arm in spec.arms:
         try:
             cfg = [cell_config(arm.config, seed) for seed in spec.seeds][0]  # everything but the seed is the arm's

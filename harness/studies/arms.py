@@ -5,7 +5,6 @@ when the study completes, the means over seeds written onto them."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 
@@ -132,11 +131,13 @@ def _summary_note(meta: StudyRecord, arm: str, stats: dict[str, dict[str, float]
                   diverged: list[str]) -> str:
     """The arm run's description (Markdown, shown on its page): what the arm changes, then mean,
     std and 95% CI over its seeds of each summarised metric."""
+    from harness.report.formatting import interval
+
     lines = [f"Arm `{arm}` of study `{meta.experiment}`: {arm_changes(meta, arm)}.",
              f"Mean over {n} finished seed(s)" + (f"; diverged: seed(s) {', '.join(diverged)}" if diverged else "")
              + ". The report (`ablate report`) compares arms paired by seed.", "",
              "| metric | mean | std | 95% CI |", "|---|---|---|---|"]
     for name, s in stats.items():
-        ci = "-" if math.isnan(s["ci_low"]) else f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]"
+        ci = interval(s["ci_low"], s["ci_high"], lambda x: f"{x:.4f}") or "-"
         lines.append(f"| {name} | {s['mean']:.4f} | {s['std']:.4f} | {ci} |")
     return "\n".join(lines)

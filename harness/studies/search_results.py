@@ -216,6 +216,7 @@ def confirm_lines(confirm: optuna.Study, spec: SearchSpec, client: MlflowClient)
     The top trials were chosen on validation loss, so the objective on fresh seeds still reads the
     text that chose them; test_loss at the same evaluations is text no decision saw.
     """
+    from harness.report.formatting import interval
     from harness.report.stats import mean_interval
 
     names = list(dict.fromkeys([*spec.objective.names, "test_loss"]))
@@ -230,10 +231,10 @@ def confirm_lines(confirm: optuna.Study, spec: SearchSpec, client: MlflowClient)
         parts = []
         for i, name in enumerate(names):
             m = mean_interval([v[i] for v in by_seed.values()])
-            part = f"{name} {m['mean']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+            part = f"{name} {m['mean']:.4f} {interval(m['ci_low'], m['ci_high'], lambda x: f'{x:.4f}')}"
             if arm != "baseline":
                 d = mean_interval([by_seed[s][i] - base[s][i] for s in by_seed if s in base])
-                part += f", vs baseline {d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+                part += f", vs baseline {d['mean']:+.4f} {interval(d['ci_low'], d['ci_high'], lambda x: f'{x:+.4f}')}"
             parts.append(part)
         lines.append(f"  {arm:<10} " + "; ".join(parts))
     held_out = names.index("test_loss")
