@@ -365,24 +365,28 @@ def gradients(data: FigureInput) -> tuple[Figure | None, str]:
                  f"{_spread_note(history[history['arm'].isin(arms)])}.")
 
 
-def importance(data: FigureInput) -> tuple[Figure | None, str]:
+def _from_search(data: FigureInput, draw: Callable[[SearchData], Figure | None], missing: str,
+                 caption: str) -> tuple[Figure | None, str]:
+    """A figure of what the search logged, or why there is none."""
     if data.search is None:
         return None, data.search_note
-    fig = search_figures.importance(data.search.importances, data.search.evaluator)
-    if fig is None:
-        return None, f"no parameter importance: {data.search.note}"
-    return fig, (f"{data.search.evaluator} importance of each searched parameter, normalised per objective. "
-                 f"{data.search.note}.")
+    fig = draw(data.search)
+    return (None, missing) if fig is None else (fig, caption)
+
+
+def importance(data: FigureInput) -> tuple[Figure | None, str]:
+    search = data.search
+    return _from_search(data, lambda d: search_figures.importance(d.importances, d.evaluator),
+                        f"no parameter importance: {search and search.note}",
+                        f"{search and search.evaluator} importance of each searched parameter, normalised per "
+                        f"objective. {search and search.note}.")
 
 
 def optimization_history(data: FigureInput) -> tuple[Figure | None, str]:
-    if data.search is None:
-        return None, data.search_note
-    fig = search_figures.history(data.search.trials, data.search.objectives)
-    if fig is None:
-        return None, "the search has no completed trial"
-    return fig, ("Each completed trial's objective value by trial number (lower is better), the best so far "
-                 "as a step line, the baseline trial circled.")
+    return _from_search(data, lambda d: search_figures.history(d.trials, d.objectives),
+                        "the search has no completed trial",
+                        "Each completed trial's objective value by trial number (lower is better), the best so far "
+                        "as a step line, the baseline trial circled.")
 
 
 def search_pareto(data: FigureInput) -> tuple[Figure | None, str]:
