@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -52,6 +53,22 @@ def wait_for(condition, what: str, timeout: float = 240.0, poll: float = 0.2):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stopped_outside_a_write(proc: subprocess.Popen, client: MlflowClient, run_id: str):
+    """SIGSTOP `proc` at a moment it holds no write lock on the SQLite store, and return its run.
+    Stopped in the middle of a write, it would lock every reader out ('database is locked') until
+    it runs again: that moment is let pass (SIGCONT) and the stop tried again."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            return client.get_run(run_id)
+        except MlflowException as exc:
+            if "database is locked" not in str(exc):
+                raise
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the training process held the store's write lock at every stop")
+
+
 @pytest.mark.slow
 def test_sigint_of_ablate_train_then_resume_in_a_new_process(project, tiny):
     overrides = {**tiny, "train.epochs": 8, "model.dropout": 0.1, "augment.char_swap": 0.05}
@@ -71,8 +88,7 @@ def test_sigint_of_ablate_train_then_resume_in_a_new_process(project, tiny):
 
     run_id = wait_for(evaluated_run, "the first evaluation")
     # Frozen, the run cannot end before the Ctrl-C lands: it is mid-training for certain.
-    proc.send_signal(signal.SIGSTOP)
-    assert client.get_run(run_id).info.status == "RUNNING"
+    assert stopped_outside_a_write(proc, client, run_id).info.status == "RUNNING"
     assert len(client.get_metric_history(run_id, "val_loss")) < 8
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGCONT)

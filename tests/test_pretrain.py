@@ -16,7 +16,7 @@ from harness.cli import main
 from harness.studies.ablation import create_ablation
 from harness.studies.spec import load_spec
 from harness.tracking.storage import default_storage, load_study, open_storage
-from harness.tracking.store import init_store
+from harness.tracking.store import CHECKPOINT_ARTIFACT, init_store, local_artifact_dir
 
 from test_ablation import store
 
@@ -48,7 +48,7 @@ def test_cells_wait_for_their_pretraining_and_nothing_is_pretrained_twice(projec
     """Three workers, two seeds: each seed's fine-tuning cells start only after that seed's
     pretraining run finished, load exactly it (param and tag), and the scratch baseline runs
     meanwhile. A rerun trains nothing; another study with the same pretraining recipe reuses the
-    finished pretraining runs instead of training its own."""
+    finished pretraining runs instead of training its own, except one whose checkpoint is gone."""
     path = write_transfer_spec(project, tiny)
     assert main(["run", str(path), "--workers", "3"]) == 0
     client = store()
@@ -76,20 +76,24 @@ def test_cells_wait_for_their_pretraining_and_nothing_is_pretrained_twice(projec
     assert main(["run", str(path)]) == 0
     assert "every cell is already done" in capsys.readouterr().out
     assert len(runs_of(client, "transfer", "pretrain")) == 2 and len(runs_of(client, "transfer", "run")) == 6
-    # Another study, the same pretraining recipe (and seeds): the finished runs are reused.
+    # Another study, the same pretraining recipe (and seeds): the finished runs are reused, but
+    # not seed 1's, whose checkpoint was deleted by hand (nothing could fine-tune from it).
+    (local_artifact_dir(client, pretrain["1"].info.run_id) / CHECKPOINT_ARTIFACT).unlink()
     other = write_transfer_spec(project, tiny, name="transfer-b",
                                 arms=[{"label": "finetune-emb", "set": {"transfer.init_from": "pretrain",
                                                                         "transfer.freeze_embeddings": True}}])
     assert main(["run", str(other)]) == 0
-    assert runs_of(client, "transfer-b", "pretrain") == []
+    (retrained,) = runs_of(client, "transfer-b", "pretrain")
+    assert retrained.data.tags["harness.seed"] == "1" and retrained.info.status == "FINISHED"
     reused = {r.data.tags["harness.seed"]: r.data.tags["harness.pretrain_run"]
               for r in runs_of(client, "transfer-b", "run") if r.data.tags["harness.arm"] == "finetune-emb"}
-    assert reused == {seed: run.info.run_id for seed, run in pretrain.items()}
+    assert reused == {"0": pretrain["0"].info.run_id, "1": retrained.info.run_id}
     assert main(["report", "transfer-b"]) == 0
     assert "transfer (reused)" in (project / "reports" / "transfer-b" / "report.md").read_text()
     study = load_study("transfer-b", default_storage())
     adopted = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["arm"] == "pretrain"]
-    assert len(adopted) == 2 and all(t.user_attrs["reused"] for t in adopted)
+    assert [t.user_attrs.get("reused", False) for t in sorted(adopted, key=lambda t: t.user_attrs["seed"])] == \
+        [True, False]
 
 
 def test_a_failed_pretraining_fails_its_dependent_cells_with_the_reason(project, tiny, capsys):
@@ -125,6 +129,24 @@ def test_a_failed_pretraining_fails_its_dependent_cells_with_the_reason(project,
     study = load_study("transfer", url)
     done = {t.user_attrs["arm"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert done == {"pretrain", "baseline", "finetune"}
+
+
+def test_cells_that_wait_for_their_pretraining_show_as_waiting(project, tiny, capsys):
+    """Before any worker ran, the fine-tuning cells are not queued (a worker must not pop a cell
+    that has to wait), yet `ablate status` counts them as waiting, not missing."""
+    path = write_transfer_spec(project, tiny)
+    url = default_storage()
+    study = create_ablation(load_spec(path), open_storage(url), url, init_store())
+    queued = {t.user_attrs["arm"] for t in study.get_trials(states=(TrialState.WAITING,))}
+    assert queued == {"pretrain", "baseline"}
+    capsys.readouterr()
+    assert main(["status", "transfer"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    rows = {line.split()[0]: dict(zip(header[1:], map(int, line.split()[1:]))) for line in lines[1:]}
+    assert rows["pretrain"]["waiting"] == 2
+    assert rows["finetune"]["waiting"] == 2 and rows["finetune"]["missing"] == 0
+    assert rows["total"]["waiting"] == 8 and rows["total"]["missing"] == 0
 
 
 @pytest.mark.slow

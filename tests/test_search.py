@@ -464,9 +464,13 @@ def test_interrupted_search_reruns_to_the_same_total_without_duplicates(project,
     check_trials_against_mlflow(study, client)
     finished_runs = [r for r in runs_of(client, "tiny") if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in finished_runs) == sorted(t.number for t in complete)
-    # A third run has nothing left to do.
+    # A third run has nothing left to do: it trains nothing and leaves the study's run as it was.
+    parent = client.get_run(parent_of(study)).info
+    assert parent.status == "FINISHED"
     assert main(["search", str(path), "--trials", "6"]) == 0
     assert len(load_study("tiny", default_storage()).get_trials()) == len(trials)
+    again = client.get_run(parent_of(study)).info
+    assert (again.status, again.end_time) == (parent.status, parent.end_time)
 
 
 @pytest.mark.slow

@@ -155,9 +155,12 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
 def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
     """A pretraining cell not yet done adopts a finished pretraining run of exactly its recipe
     (same config hash, seed included) from any study of the project, so nothing is pretrained
-    twice: the cell gets a COMPLETE trial naming that run (user attribute `reused`). Returns the
-    run ids adopted."""
+    twice: the cell gets a COMPLETE trial naming that run (user attribute `reused`). A run whose
+    checkpoint artifact is gone (deleted by hand) is passed over: its dependents could not load
+    it. Returns the run ids adopted."""
     from optuna.trial import create_trial
+
+    from harness.tracking.store import has_checkpoint
 
     meta = read(study)
     if meta.pretrain is None:
@@ -175,9 +178,10 @@ def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
                                order_by=["attributes.start_time ASC"])
     adopted = []
     for run in found:
-        key, seed = todo.pop(run.data.tags.get("harness.config_hash"), (None, None))
-        if key is None:
+        key, seed = todo.get(run.data.tags.get("harness.config_hash"), (None, None))
+        if key is None or not has_checkpoint(client, run.info.run_id):
             continue
+        del todo[run.data.tags["harness.config_hash"]]
         metrics = run.data.metrics
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=metrics.get("best_val_loss", float("nan")),
                                      user_attrs={"arm": PRETRAIN, "seed": seed, "mlflow_run_id": run.info.run_id,

@@ -98,9 +98,9 @@ def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
     """
     meta = read(study)
     queued = []
+    by_cell = trials_by_cell(study)
     # Pretraining cells first: whether a dependent may be queued reads their state.
     for key in sorted(meta.cells, key=lambda k: split_key(k)[0] != PRETRAIN):
-        by_cell = trials_by_cell(study)
         trials = by_cell.get(key, [])
         if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
@@ -115,6 +115,8 @@ def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:
         arm, seed = split_key(key)
         study.enqueue_trial({}, user_attrs={"arm": arm, "seed": seed, "attempt": len(trials) + 1})
         queued.append(key)
+        if arm == PRETRAIN:  # its dependents read the trial just queued; no other cell reads this one's
+            by_cell = trials_by_cell(study)
     return queued
 
 
@@ -158,18 +160,23 @@ def first_owner(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
 
 
 def cell_status(study: optuna.Study) -> dict[str, str]:
-    """Each cell's state: done, diverged (settled), running, failed, waiting (or missing: not queued)."""
+    """Each cell's state: done, diverged (settled), running, failed, waiting (queued, or not yet
+    queued because the pretraining run it fine-tunes from is queued or training) or missing."""
     out = {}
+    meta = read(study)
     by_cell = trials_by_cell(study)
-    for key in read(study).cells:
+    # Pretraining cells first: a dependent with no trial of its own waits while they do.
+    for key in sorted(meta.cells, key=lambda k: split_key(k)[0] != PRETRAIN):
         trials = by_cell.get(key, [])
         states = {t.state for t in trials}
+        pre = pretrain_cell(meta, key)
         out[key] = ("done" if TrialState.COMPLETE in states else
                     "running" if TrialState.RUNNING in states else
                     "waiting" if TrialState.WAITING in states else
                     "diverged" if sum(map(diverged, trials)) >= DIVERGED_ATTEMPTS else
-                    "failed" if TrialState.FAIL in states else "missing")
-    return out
+                    "failed" if TrialState.FAIL in states else
+                    "waiting" if pre is not None and out.get(pre) in ("waiting", "running") else "missing")
+    return {key: out[key] for key in meta.cells}
 
 
 def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:

@@ -76,17 +76,18 @@ def calibrate(label: str, full: Config, threads: int) -> Estimate:
 def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes: bool) -> str:
     """The dry run's lines after the arms table: done cells, the estimate (for `workers`, by
     default one per core, as the run would start them), the --yes note."""
+    from harness.studies.cells import SETTLED
     from harness.studies.launch import default_workers, threads_per_worker
 
     states, durations, unreadable = cell_states(spec, storage_url)
     lines = []
     if unreadable:
         lines.append(f"cannot read the study's storage ({unreadable}); counting every cell as to run")
-    todo = [key for key, state in states.items() if state not in ("done", "diverged")]
+    todo = [key for key, state in states.items() if state not in SETTLED]
     done = len(states) - len(todo)
     lines.append(f"{done} of {len(states)} cells already done; {len(todo)} to run")
     for arm in spec.arms:
-        finished = [str(seed) for seed in spec.seeds if states[f"{arm.label}/seed={seed}"] in ("done", "diverged")]
+        finished = [str(seed) for seed in spec.seeds if states[f"{arm.label}/seed={seed}"] in SETTLED]
         if finished:
             lines.append(f"  {arm.label}: seeds {','.join(finished)} done")
     pretrain = [key for key in todo if key.startswith(f"{PRETRAIN}/")]

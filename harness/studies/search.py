@@ -182,7 +182,8 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
             raise UsageError(f"the spec of study {spec.name!r} changed since it ran ({', '.join(changed)} "
                              f"differ); give the study a new name (name: {spec.name}-v2) to search the new "
                              f"space, or restore the spec to continue the old one")
-        client.update_run(old.parent_run_id, status="RUNNING")
+        if finished_count(study) < target:  # with nothing left to train, the run stays FINISHED
+            client.update_run(old.parent_run_id, status="RUNNING")
         write(study, record(old.parent_run_id))
         _set_trials_view(client, spec)
         return study

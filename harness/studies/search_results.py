@@ -120,7 +120,9 @@ def finish_search(study: optuna.Study, spec: SearchSpec, client: MlflowClient, i
         why = "the --timeout passed" if timed_out else "workers stopped early"
         print(f"{done} of {target} trials finished ({why}); run the same command again to continue")
         return 0 if timed_out and complete else 1
-    client.set_terminated(read(study).parent_run_id, status="FINISHED")
+    parent = read(study).parent_run_id
+    if client.get_run(parent).info.status != "FINISHED":  # a rerun with nothing to do keeps its end time
+        client.set_terminated(parent, status="FINISHED")
     print(f"search {spec.name} complete: ablate report {spec.name}   |   ablate ui --optuna")
     if spec.confirm is not None and complete:
         return run_confirm(spec, study, client, workers, url)

@@ -19,7 +19,8 @@ from harness.core.curves import learning_curves
 from harness.core.data import Dataset
 from harness.core.errors import UsageError
 from harness.core.metrics import Evaluation
-from harness.tracking.store import RunTracker, local_artifact_dir, save_checkpoint_artifact, transfer_state
+from harness.tracking.store import (CHECKPOINT_ARTIFACT, RunTracker, local_artifact_dir, save_checkpoint_artifact,
+                                    transfer_state)
 from harness.core.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
                            prepare_data, train)
 
@@ -84,7 +85,7 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
 
 
 def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) -> RunOutcome:
-    """Continue an interrupted run from its `checkpoint/last.pt`, logging into the same run."""
+    """Continue an interrupted run from its checkpoint (CHECKPOINT_ARTIFACT), logging into the same run."""
     try:
         run = client.get_run(run_id)
     except Exception:
@@ -95,9 +96,9 @@ def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) ->
         raise UsageError(f"--resume {run_id!r}: the run is {run.info.status}; only an interrupted "
                          f"(KILLED) run resumes; train a new run instead")
     folder = local_artifact_dir(client, run_id)
-    path = (folder / "checkpoint" / "last.pt") if folder else None
+    path = (folder / CHECKPOINT_ARTIFACT) if folder else None
     if path is None or not path.exists():
-        raise UsageError(f"--resume {run_id!r}: the run has no checkpoint/last.pt "
+        raise UsageError(f"--resume {run_id!r}: the run has no {CHECKPOINT_ARTIFACT} "
                          f"(status {run.info.status}); only interrupted or checkpointed runs resume")
     state = load_checkpoint(path)
     from harness.core.config import build_config

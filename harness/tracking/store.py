@@ -241,6 +241,16 @@ def _param_value(value: Any) -> str:
     return str(value)
 
 
+CHECKPOINT_ARTIFACT = "checkpoint/last.pt"
+"""Where a run keeps the checkpoint it resumes or is fine-tuned from (train.save_checkpoint)."""
+
+
+def has_checkpoint(client: MlflowClient, run_id: str) -> bool:
+    """Whether the run's checkpoint artifact is there (in any artifact store, local or remote)."""
+    folder = CHECKPOINT_ARTIFACT.rsplit("/", 1)[0]
+    return CHECKPOINT_ARTIFACT in {f.path for f in client.list_artifacts(run_id, folder)}
+
+
 def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
     """The run's artifact folder when it is on this machine's disk, else None."""
     return local_path(client.get_run(run_id).info.artifact_uri)
@@ -248,7 +258,7 @@ def local_artifact_dir(client: MlflowClient, run_id: str) -> Path | None:
 
 def transfer_state(init_from: str | None) -> dict[str, Any] | None:
     """The checkpoint `transfer.init_from` names when it is `runs:/<run id>`: that MLflow run's
-    `checkpoint/last.pt`, loaded for harness.core.train (which reads paths itself, so a path or no
+    CHECKPOINT_ARTIFACT, loaded for harness.core.train (which reads paths itself, so a path or no
     reference gives None).
 
     The run is looked up in the project's store, which may not be open yet (preflight runs before
@@ -261,7 +271,7 @@ def transfer_state(init_from: str | None) -> dict[str, Any] | None:
     run_id = init_from[len(RUN_PREFIX):].strip("/").split("/")[0]
     read_store(f"transfer.init_from={init_from!r}")
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/last.pt",
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT,
                                                     tracking_uri=tracking_uri())
     except Exception as exc:
         raise UsageError(f"transfer.init_from={init_from!r}: no checkpoint in that MLflow run "
@@ -272,8 +282,9 @@ def transfer_state(init_from: str | None) -> dict[str, Any] | None:
 def save_checkpoint_artifact(tracker: RunTracker, state: dict[str, Any]) -> None:
     from harness.core.checkpoint import save_checkpoint
 
+    folder, name = CHECKPOINT_ARTIFACT.rsplit("/", 1)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "last.pt"
+        path = Path(tmp) / name
         save_checkpoint(state, path)
-        tracker.log_file(path, "checkpoint")
+        tracker.log_file(path, folder)
 
