@@ -19,12 +19,15 @@ pretraining corpus must also have exactly the study corpus's characters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from harness.core.config import Config, DataConfig
-from harness.core.data import Dataset, Vocab, load_corpus, make_dataset
+from harness.core.data import Dataset, Vocab
 from harness.core.errors import UsageError
+from harness.core.train import prepare_data
 
 SHINGLE = 64
 """Passage length compared, in characters (a power of two: hashes double up to it).
@@ -41,17 +44,16 @@ _BASE = 0x9E3779B97F4A7C15  # odd: multiplying by it mod 2**64 loses no informat
 _SHOWN_CHARS = 10
 
 
-def check_pretraining_text(pretrain_cfg: Config, study_cfg: Config) -> None:
+def check_pretraining_text(pretrain_cfg: Config, study_cfg: Config,
+                           load: Callable[[Config], Dataset] = prepare_data) -> None:
     """Raise UsageError when the pretraining text holds any of the study's validation or test
-    passages, or when its corpus's characters differ from the study corpus's."""
+    passages, or when its corpus's characters differ from the study corpus's. `load` gives a
+    recipe's dataset (a caller that has loaded them passes its cache)."""
     pre, study = pretrain_cfg.data, study_cfg.data
     if _same_split(pre, study):
         return  # a prefix of the study's own training split: held out by construction
-    pre_corpus, study_corpus = load_corpus(pre.corpus), load_corpus(study.corpus)
-    _check_vocab(pre.corpus, Vocab.from_text(pre_corpus.text), Vocab.from_text(study_corpus.text))
-    pre_data = make_dataset(pre_corpus, pre.block_size, pre.train_chars, pre.val_fraction, pre.test_fraction)
-    study_data = make_dataset(study_corpus, study.block_size, study.train_chars, study.val_fraction,
-                              study.test_fraction)
+    pre_data, study_data = load(pretrain_cfg), load(study_cfg)
+    _check_vocab(pre.corpus, pre_data.vocab, study_data.vocab)
     _check_overlap(pre.corpus, pre_data.train, study_data)
 
 

@@ -8,6 +8,7 @@ cell is done. A search's confirmation step is an ablation run the same way.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -17,11 +18,12 @@ from harness.core.config import build_config, flatten
 from harness.core.errors import UsageError
 from harness.studies.arms import create_arm_runs, set_study_view, write_arm_summaries
 from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, cell_status, enqueue_missing, first_owner,
-                                   pretrain_cell, retire_deleted_runs, split_key, trials_by_cell)
+                                   pretrain_cell, retire_deleted_runs, trials_by_cell)
 from harness.studies.engine import (DataCache, RunPlan, create_parent_run, created_study, drive, find_study,
                                     name_objectives)
 from harness.studies.record import StudyRecord, read, write
-from harness.studies.spec import PRETRAIN, AblationSpec, cell_config, load_spec, uses_pretrain
+from harness.studies.spec import (PRETRAIN, AblationSpec, cell_config, join_key, load_spec, split_key,
+                                  uses_pretrain)
 
 CELL_OBJECTIVE = "best_val_loss of one cell (arm x seed)"
 """The objective's name in Optuna (optuna-dashboard shows it): an ablation's trials are cells,
@@ -53,7 +55,7 @@ class Ablation:
             cfg = cell_config(build_config(meta.pretrain["config"]), seed)
             return [RunPlan(cfg, f"{PRETRAIN} seed={seed}", meta.parent_run_id, {**tags, "harness.kind": PRETRAIN})]
         cfg = cell_config(build_config(meta.arms[arm]["config"]), seed)
-        pre = pretrain_cell(meta, f"{arm}/seed={seed}")
+        pre = pretrain_cell(meta, join_key(arm, seed))
         if pre is not None:
             # Resolved to the run itself: its params name the checkpoint it fine-tuned from.
             run_id = pretrain_run(study, pre)
@@ -102,7 +104,7 @@ def _record(spec: AblationSpec, parent: str, previous: StudyRecord | None) -> St
     if spec.pretrain is not None:
         stage = spec.pretrain
         pretrain = {"config": stage.config.to_dict(), "hash": stage.config.hash(), "per_seed": stage.per_seed}
-        pretrain_cells = [f"{PRETRAIN}/seed={seed}" for seed in spec.pretrain_seeds]
+        pretrain_cells = [join_key(PRETRAIN, seed) for seed in spec.pretrain_seeds]
     return StudyRecord(
         type="ablation", experiment=spec.name, parent_run_id=parent, arms=arms,
         seeds=sorted(set(previous.seeds if previous else []) | set(spec.seeds)),
@@ -207,13 +209,13 @@ def check_cells(spec: AblationSpec) -> None:
         except UsageError as exc:
             raise UsageError(f"pretrain: {exc}") from None
         # Against every held-out text a fine-tuning arm is measured on (an arm may change the data).
-        studied = {json.dumps(a.config.data.model_dump(mode="json"), sort_keys=True): a.config
-                   for a in spec.pretrain_arms}
+        studied = {DataCache.key(a.config): a.config for a in spec.pretrain_arms}
         for cfg in studied.values():
-            check_pretraining_text(spec.pretrain.config, cfg)  # its errors name the stage
+            check_pretraining_text(spec.pretrain.config, cfg, data.get)  # its errors name the stage
     for arm in spec.arms:
         try:
-            cfg = [cell_config(arm.config, seed) for seed in spec.seeds][0]  # everything but the seed is the arm's
+            cells = [cell_config(arm.config, seed) for seed in spec.seeds]  # every seed in range
+            cfg = cells[0]  # everything but the seed is the arm's
             if uses_pretrain(cfg):  # its checkpoint does not exist yet; the spec checked it fits
                 cfg = build_config(cfg.to_dict(), {"transfer.init_from": None})
             preflight(cfg, data.get(cfg))
@@ -226,15 +228,18 @@ def describe(spec: AblationSpec) -> str:
              f"= {len(spec.cells)} runs (baseline: {spec.baseline})"]
     width = max(len(a.label) for a in spec.arms)
     for arm in spec.arms:
-        change = ", ".join(f"{k}={json.dumps(v)}" for k, v in arm.overrides.items()) or "(the base config)"
-        lines.append(f"  {arm.label:<{width}}  seeds {','.join(map(str, spec.seeds))}  {change}")
+        lines.append(f"  {arm.label:<{width}}  seeds {','.join(map(str, spec.seeds))}  {_changes(arm.overrides)}")
     for label in spec.skipped:
         lines.append(f"  (level {label} equals the base config: it is the baseline)")
     if spec.pretrain is not None:
-        change = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec.pretrain.overrides.items()) or "(the base config)"
         lines.append(f"  pretraining ({len(spec.pretrain_seeds)} run(s), seeds {','.join(map(str, spec.pretrain_seeds))}; "
-                     f"{', '.join(a.label for a in spec.pretrain_arms)} fine-tune from it): {change}")
+                     f"{', '.join(a.label for a in spec.pretrain_arms)} fine-tune from it): "
+                     f"{_changes(spec.pretrain.overrides)}")
     return "\n".join(lines)
+
+
+def _changes(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "(the base config)"
 
 
 def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, dry_run: bool,

@@ -14,9 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.config import flatten
 from harness.core.metrics import ARM_SUMMARY_METRICS
-from harness.studies.cells import cell_status, split_key, trials_by_cell
+from harness.studies.cells import cell_status, trials_by_cell
 from harness.studies.record import StudyRecord, read
-
+from harness.studies.spec import split_key
 
 
 def create_arm_runs(client: MlflowClient, meta: StudyRecord, made: list[str]) -> dict[str, str]:

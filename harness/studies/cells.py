@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.studies.record import StudyRecord, read
-from harness.studies.spec import PRETRAIN
+from harness.studies.spec import PRETRAIN, join_key, split_key
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -32,12 +32,7 @@ CELL_STATES = ("done", "diverged", "running", "failed", "waiting", "missing")
 
 def cell_key(trial: FrozenTrial) -> str | None:
     arm, seed = trial.user_attrs.get("arm"), trial.user_attrs.get("seed")
-    return None if arm is None else f"{arm}/seed={seed}"
-
-
-def split_key(key: str) -> tuple[str, int]:
-    arm, seed = key.rsplit("/seed=", 1)
-    return arm, int(seed)
+    return None if arm is None else join_key(arm, seed)
 
 
 def trials_by_cell(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
@@ -83,7 +78,7 @@ def pretrain_cell(meta: StudyRecord, key: str) -> str | None:
     config = meta.arms.get(arm, {}).get("config", {})
     if meta.pretrain is None or config.get("transfer", {}).get("init_from") != PRETRAIN:
         return None
-    return f"{PRETRAIN}/seed={seed if meta.pretrain['per_seed'] else meta.seeds[0]}"
+    return join_key(PRETRAIN, seed if meta.pretrain["per_seed"] else meta.seeds[0])
 
 
 def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:

@@ -81,8 +81,13 @@ class DataCache:
     def __init__(self) -> None:
         self._cache: dict[str, Dataset] = {}
 
+    @staticmethod
+    def key(cfg: Config) -> str:
+        """What tells two data setups apart: the data section of the recipe."""
+        return json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+
     def get(self, cfg: Config) -> Dataset:
-        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        key = self.key(cfg)
         if key not in self._cache:
             self._cache[key] = prepare_data(cfg)
         return self._cache[key]
@@ -260,7 +265,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat, error:
     """Stop the heartbeat and tell the storage the trial failed, with `error` as user attribute.
 
     A training that diverged (NonFiniteLoss) is also marked `diverged`: a result of the recipe,
-    retried a bounded number of times (harness.studies.ablation.DIVERGED_ATTEMPTS), not an accident.
+    retried a bounded number of times (harness.studies.cells.DIVERGED_ATTEMPTS), not an accident.
     """
     beat.stop()
     if error is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from harness.core.errors import UsageError
 from harness.core.config import Config
-from harness.studies.spec import LARGE_STUDY_CELLS, PRETRAIN, AblationSpec, cell_config
+from harness.studies.spec import LARGE_STUDY_CELLS, PRETRAIN, AblationSpec, cell_config, join_key, split_key
 
 CALIBRATION_FRACTION = 0.1
 """The share of the baseline's epochs trained to calibrate the estimate when nothing finished yet."""
@@ -39,7 +39,7 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
     from harness.tracking.storage import load_study
     from harness.studies.cells import cell_status, trials_by_cell
 
-    missing = {cell.key: "missing" for cell in spec.cells} | {f"{PRETRAIN}/seed={seed}": "missing"
+    missing = {cell.key: "missing" for cell in spec.cells} | {join_key(PRETRAIN, seed): "missing"
                                                                for seed in spec.pretrain_seeds}
     try:
         study = load_study(spec.name, storage_url, create=False)
@@ -49,7 +49,7 @@ def cell_states(spec: AblationSpec, storage_url: str) -> tuple[dict[str, str], l
     known = cell_status(study)
     durations = [(t.datetime_complete - t.datetime_start).total_seconds()
                  for key, trials in trials_by_cell(study).items() for t in trials
-                 if not key.startswith(f"{PRETRAIN}/")  # the pretraining is calibrated apart
+                 if split_key(key)[0] != PRETRAIN  # the pretraining is calibrated apart
                  and t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
     return {key: known.get(key, "missing") for key in missing}, durations, None
 
@@ -87,10 +87,10 @@ def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes
     done = len(states) - len(todo)
     lines.append(f"{done} of {len(states)} cells already done; {len(todo)} to run")
     for arm in spec.arms:
-        finished = [str(seed) for seed in spec.seeds if states[f"{arm.label}/seed={seed}"] in SETTLED]
+        finished = [str(seed) for seed in spec.seeds if states[join_key(arm.label, seed)] in SETTLED]
         if finished:
             lines.append(f"  {arm.label}: seeds {','.join(finished)} done")
-    pretrain = [key for key in todo if key.startswith(f"{PRETRAIN}/")]
+    pretrain = [key for key in todo if split_key(key)[0] == PRETRAIN]
     cells = [key for key in todo if key not in pretrain]
     if todo:
         n = workers or default_workers(len(todo))

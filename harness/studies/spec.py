@@ -91,6 +91,16 @@ def uses_pretrain(config: Config) -> bool:
     return config.transfer.init_from == PRETRAIN
 
 
+def join_key(arm: str, seed: int) -> str:
+    """A cell's key, "arm/seed=N": how the study record, the queue, the status and the report name it."""
+    return f"{arm}/seed={seed}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    arm, seed = key.rsplit("/seed=", 1)
+    return arm, int(seed)
+
+
 @dataclass(frozen=True)
 class Cell:
     arm: str
@@ -98,7 +108,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.arm}/seed={self.seed}"
+        return join_key(self.arm, self.seed)
 
 
 @dataclass(frozen=True)
