@@ -131,6 +131,35 @@ def test_a_failed_pretraining_fails_its_dependent_cells_with_the_reason(project,
     assert done == {"pretrain", "baseline", "finetune"}
 
 
+def test_one_pretraining_for_the_study_serves_seeds_listed_in_any_order(project, tiny, capsys):
+    """per_seed: false with seeds listed [2, 1]: the study's one pretraining run is the one every
+    fine-tuning cell waits for and loads, so the study completes. A rerun that would pretrain
+    otherwise (per_seed flipped, or a smaller seed added) is refused: its cells would fine-tune
+    from another run than the study's."""
+    from harness.studies import worker
+
+    arms = [{"label": "finetune", "set": {"transfer.init_from": "pretrain"}}]
+    path = write_transfer_spec(project, tiny, seeds=(2, 1), per_seed=False, arms=arms)
+    url = default_storage()
+    create_ablation(load_spec(path), open_storage(url), url, init_store())
+    assert worker.run_worker("transfer", url) == 5  # one pretraining, two baseline and two fine-tuning cells
+    study = load_study("transfer", url)
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    (pretrain,) = [t for t in done if t.user_attrs["arm"] == "pretrain"]
+    assert pretrain.user_attrs["seed"] == 1
+    loaded = {r.data.tags["harness.pretrain_run"] for r in runs_of(store(), "transfer", "run")
+              if r.data.tags["harness.arm"] == "finetune"}
+    assert len(done) == 5 and loaded == {pretrain.user_attrs["mlflow_run_id"]}
+    capsys.readouterr()
+    for seeds, per_seed in (((2, 1, 0), False), ((2, 1), True)):
+        write_transfer_spec(project, tiny, seeds=seeds, per_seed=per_seed, arms=arms)
+        assert main(["run", str(path)]) == 2
+        assert "its pretraining stage now differs" in capsys.readouterr().err
+    write_transfer_spec(project, tiny, seeds=(2, 1, 3), per_seed=False, arms=arms)  # a larger seed: the same stage
+    assert main(["run", str(path), "--workers", "1"]) == 0
+    assert len(load_study("transfer", url).get_trials(states=(TrialState.COMPLETE,))) == 7
+
+
 def test_cells_that_wait_for_their_pretraining_show_as_waiting(project, tiny, capsys):
     """Before any worker ran, the fine-tuning cells are not queued (a worker must not pop a cell
     that has to wait), yet `ablate status` counts them as waiting, not missing."""

@@ -22,7 +22,7 @@ from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, cell_status, enqu
 from harness.studies.engine import (DataCache, RunPlan, create_parent_run, created_study, drive, find_study,
                                     name_objectives)
 from harness.studies.record import StudyRecord, read, write
-from harness.studies.spec import (PRETRAIN, AblationSpec, cell_config, join_key, load_spec, split_key,
+from harness.studies.spec import (PRETRAIN, AblationSpec, cell_config, join_key, load_spec, split_key, stage_seed,
                                   uses_pretrain)
 
 CELL_OBJECTIVE = "best_val_loss of one cell (arm x seed)"
@@ -76,8 +76,10 @@ def pretrain_run(study: optuna.Study, key: str) -> str:
 
 # --- creating an ablation study ----------------------------------------------------------------
 
-def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec) -> None:
-    """An arm label that now means a different config would silently mix two recipes."""
+def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec, merged: StudyRecord) -> None:
+    """An arm label that now means a different config would silently mix two recipes; so would
+    cells that fine-tune from another pretraining than the one their study had (`merged`: the
+    record with what `spec` adds)."""
     for arm in spec.arms:
         before = meta.arms.get(arm.label)
         if before is not None and before["hash"] != arm.config.hash():
@@ -88,26 +90,35 @@ def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec) -> None:
                 f"the spec of study {spec.name!r} changed since it ran: arm {arm.label!r} now differs "
                 f"({'; '.join(changed[:3])}); give the study a new name (name: {spec.name}-v2) to "
                 f"run the new recipe, or restore the spec to finish the old one")
-    if meta.pretrain is not None and spec.pretrain is not None and meta.pretrain["hash"] != spec.pretrain.config.hash():
+    if meta.pretrain is not None and spec.pretrain is not None and _stage(meta, meta.seeds) != _stage(merged, meta.seeds):
         raise UsageError(
-            f"the spec of study {spec.name!r} changed since it ran: its pretraining stage now differs; give the "
+            f"the spec of study {spec.name!r} changed since it ran: its pretraining stage now differs (its recipe, "
+            f"per_seed, or with per_seed false a smaller seed that would pretrain instead); give the "
             f"study a new name (name: {spec.name}-v2) to run the new recipe (finished pretraining runs of the same "
             f"recipe are reused), or restore the spec to finish the old one")
+
+
+def _stage(meta: StudyRecord, seeds: list[int]) -> tuple[str, bool, list[int]]:
+    """The pretraining stage of the record `meta` for the cells of `seeds`: its recipe's hash,
+    per_seed, and the seeds of the pretraining runs those cells fine-tune from."""
+    per_seed = meta.pretrain["per_seed"]
+    return meta.pretrain["hash"], per_seed, sorted({stage_seed(s, meta.seeds, per_seed) for s in seeds})
 
 
 def _record(spec: AblationSpec, parent: str, previous: StudyRecord | None) -> StudyRecord:
     """The study record: what it had (`previous`) joined with what `spec` adds."""
     arms = dict(previous.arms) if previous else {}
     arms.update({a.label: {"config": a.config.to_dict(), "hash": a.config.hash()} for a in spec.arms})
+    seeds = sorted(set(previous.seeds if previous else []) | set(spec.seeds))
     pretrain = previous.pretrain if previous else None
     pretrain_cells = []
     if spec.pretrain is not None:
         stage = spec.pretrain
         pretrain = {"config": stage.config.to_dict(), "hash": stage.config.hash(), "per_seed": stage.per_seed}
-        pretrain_cells = [join_key(PRETRAIN, seed) for seed in spec.pretrain_seeds]
+        # From the record's seeds, by the rule cells.pretrain_cell reads them with.
+        pretrain_cells = [join_key(PRETRAIN, stage_seed(seed, seeds, stage.per_seed)) for seed in seeds]
     return StudyRecord(
-        type="ablation", experiment=spec.name, parent_run_id=parent, arms=arms,
-        seeds=sorted(set(previous.seeds if previous else []) | set(spec.seeds)),
+        type="ablation", experiment=spec.name, parent_run_id=parent, arms=arms, seeds=seeds,
         cells=sorted({*(previous.cells if previous else []), *(c.key for c in spec.cells), *pretrain_cells}),
         baseline=spec.baseline, arm_runs=dict(previous.arm_runs) if previous else {}, pretrain=pretrain)
 
@@ -139,8 +150,8 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
     previous = read(existing)
     if previous.type != "ablation":
         raise UsageError(f"study {spec.name!r} exists and is a {previous.type}, not an ablation; rename the spec")
-    check_spec_unchanged(previous, spec)
     meta = _record(spec, previous.parent_run_id, previous)
+    check_spec_unchanged(previous, spec, meta)
     meta.arm_runs = create_arm_runs(client, meta, [])
     write(existing, meta)
     if existing.metric_names is None:  # a study created before the objective had a name

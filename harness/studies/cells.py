@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.studies.record import StudyRecord, read
-from harness.studies.spec import PRETRAIN, join_key, split_key
+from harness.studies.spec import PRETRAIN, join_key, split_key, stage_seed
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -78,7 +78,7 @@ def pretrain_cell(meta: StudyRecord, key: str) -> str | None:
     config = meta.arms.get(arm, {}).get("config", {})
     if meta.pretrain is None or config.get("transfer", {}).get("init_from") != PRETRAIN:
         return None
-    return join_key(PRETRAIN, seed if meta.pretrain["per_seed"] else meta.seeds[0])
+    return join_key(PRETRAIN, stage_seed(seed, meta.seeds, meta.pretrain["per_seed"]))
 
 
 def enqueue_missing(study: optuna.Study, retry_failed: bool) -> list[str]:

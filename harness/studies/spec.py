@@ -24,7 +24,7 @@ fine-tune from the checkpoint of a pretraining run the study schedules before th
 ```yaml
 pretrain:
   set: {data.train_chars: null, train.max_steps: 500}   # dotted overrides on base: what is pretrained
-  per_seed: true               # default: one pretraining run per seed; false: once, with the first seed
+  per_seed: true               # default: one pretraining run per seed; false: once, with the smallest seed
 arms:
   - {label: finetune, set: {transfer.init_from: pretrain}}
   - {label: finetune-freeze1, set: {transfer.init_from: pretrain, transfer.freeze_blocks: 1}}
@@ -83,7 +83,7 @@ class PretrainStage:
     train.save_checkpoint forced on (its checkpoint is what the arms load)."""
     per_seed: bool = True
     """One pretraining run per study seed (arms stay paired, the pretraining's randomness is part
-    of the comparison); False: one run, with the study's first seed."""
+    of the comparison); False: one run, with the study's smallest seed."""
 
 
 def uses_pretrain(config: Config) -> bool:
@@ -99,6 +99,13 @@ def join_key(arm: str, seed: int) -> str:
 def split_key(key: str) -> tuple[str, int]:
     arm, seed = key.rsplit("/seed=", 1)
     return arm, int(seed)
+
+
+def stage_seed(seed: int, seeds: list[int], per_seed: bool) -> int:
+    """The seed of the pretraining run that the cells of `seed` fine-tune from: their own, or with
+    per_seed false the study's smallest seed (the smallest, not the first listed: the study record
+    keeps its seeds sorted, and both must name the same run)."""
+    return seed if per_seed else min(seeds)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ class AblationSpec:
         """The seed of the pretraining run that the cells of `seed` fine-tune from."""
         if self.pretrain is None:
             raise ValueError(f"study {self.name!r} has no pretraining stage")
-        return seed if self.pretrain.per_seed else self.seeds[0]
+        return stage_seed(seed, self.seeds, self.pretrain.per_seed)
 
     @property
     def pretrain_seeds(self) -> list[int]:
