@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from harness.core.errors import UsageError
 from harness.tracking.mlflow_ui import DEFAULT_UI_URL, UI_HOST, UI_PORT, run_url
+
+if TYPE_CHECKING:
+    from harness.studies.launch import Placement
 STORAGE_HELP = ("Optuna storage URL (default: $ABLATE_STORAGE, else journal:mlruns/optuna.journal; "
                 "the variable keeps a password off the command line)")
 
@@ -161,7 +164,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an ablation study (only what is missing)")
     p.add_argument("spec", help="experiments/NAME.yaml")
-    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    _add_placement(p)
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--dry-run", action="store_true",
                    help="print the arms, the cells already done and an estimated wall time; run nothing")
@@ -172,8 +175,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.studies.ablation import run_ablation
 
-    _positive("--workers", args.workers)
-    return run_ablation(args.spec, args.workers, args.storage, args.dry_run, args.yes)
+    return run_ablation(args.spec, _placement(args), args.storage, args.dry_run, args.yes)
 
 
 def _positive(option: str, value: int | None) -> None:
@@ -181,11 +183,29 @@ def _positive(option: str, value: int | None) -> None:
         raise UsageError(f"{option}={value}: must be at least 1")
 
 
+def _add_placement(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core; on a CUDA "
+                                               "machine --workers-per-gpu on every GPU)")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="workers sharing each GPU, each pinned by CUDA_VISIBLE_DEVICES (default: 16, at most "
+                        "the cores per GPU; see docs/cluster.md)")
+    p.add_argument("--gpus", metavar="LIST", help="the GPUs to use, e.g. 0,2 (default: every visible one; "
+                                                  "none: CPU workers only)")
+
+
+def _placement(args: argparse.Namespace) -> Placement:
+    from harness.studies.launch import Placement  # imports torch: not at the top
+
+    _positive("--workers", args.workers)
+    _positive("--workers-per-gpu", args.workers_per_gpu)
+    return Placement(args.workers, args.workers_per_gpu, args.gpus)
+
+
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="Optuna search over a regularization space, pruning on")
     p.add_argument("spec", help="studies/NAME.yaml")
     p.add_argument("--trials", type=int, help="total trials the study should reach (default: the spec's)")
-    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    _add_placement(p)
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--importance", choices=("ped-anova", "fanova"), default="ped-anova",
@@ -197,8 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from harness.studies.search_results import run_search
 
     _positive("--trials", args.trials)
-    _positive("--workers", args.workers)
-    return run_search(args.spec, trials=args.trials, workers=args.workers, storage_url=args.storage,
+    return run_search(args.spec, trials=args.trials, placement=_placement(args), storage_url=args.storage,
                       timeout=args.timeout, importance=args.importance)
 
 
@@ -224,17 +243,74 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="trials done / running / failed / waiting, per arm")
     p.add_argument("name")
     p.add_argument("--storage")
+    p.add_argument("--cells", action="store_true",
+                   help="also one line per cell: its state and the host and device it ran on")
     p.set_defaults(func=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from harness.status import print_status
 
-    return print_status(args.name, args.storage)
+    return print_status(args.name, args.storage, cells=args.cells)
+
+
+# --- ablate submit: a study's workers on a cluster (harness.studies.cluster) ---------------------
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="run a study's workers as a Slurm job array or a Kubernetes Job")
+    engines = p.add_subparsers(dest="engine", required=True)
+    slurm = engines.add_parser("slurm", help="create the study, then sbatch an array of ablate worker tasks")
+    slurm.add_argument("target", metavar="SPEC_OR_STUDY", help="experiments/NAME.yaml, or a study in the storage")
+    slurm.add_argument("--array", type=int, required=True, metavar="N", help="array tasks (workers, or GPU groups)")
+    slurm.add_argument("--gpus-per-task", type=int, default=0, metavar="G", help="GPUs per task (default 0: CPU)")
+    slurm.add_argument("--workers-per-gpu", type=int, metavar="W",
+                       help="workers sharing each of a task's GPUs (default: 16, at most its CPUs per GPU)")
+    slurm.add_argument("--cpus-per-task", type=int, default=1, metavar="C", help="CPUs per task (default 1)")
+    slurm.add_argument("--partition", metavar="P")
+    slurm.add_argument("--time", metavar="T", help="time limit per task, as sbatch takes it (e.g. 2:00:00)")
+    k8s = engines.add_parser("k8s", help="create the study, then print a Kubernetes Job of ablate workers")
+    k8s.add_argument("target", metavar="SPEC_OR_STUDY", help="experiments/NAME.yaml, or a study in the storage")
+    k8s.add_argument("--workers", type=int, required=True, metavar="N", help="worker pods (the Job's parallelism)")
+    k8s.add_argument("--image", required=True, help="the worker image (ablate installed, corpus prepared)")
+    k8s.add_argument("--secret", default="ablate-storage",
+                     help="Secret with keys storage and tracking-uri (default: ablate-storage)")
+    k8s.add_argument("--gpus-per-pod", type=int, default=0, metavar="G")
+    k8s.add_argument("--cpus-per-worker", type=int, default=1, metavar="C")
+    for engine in (slurm, k8s):
+        engine.add_argument("--storage", help=STORAGE_HELP + "; must be a database every node reaches")
+        engine.add_argument("--dry-run", action="store_true",
+                            help="print the job script (or manifest) only; write nothing")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from harness.studies.cluster import K8sJob, SlurmJob, submit_k8s, submit_slurm
+    from harness.tracking.storage import default_storage
+
+    url = args.storage or default_storage()
+    if args.engine == "slurm":
+        _positive("--array", args.array)
+        _positive("--cpus-per-task", args.cpus_per_task)
+        _positive("--workers-per-gpu", args.workers_per_gpu)
+        if args.gpus_per_task < 0:
+            raise UsageError(f"--gpus-per-task={args.gpus_per_task}: must be 0 (CPU) or more")
+        if args.workers_per_gpu and not args.gpus_per_task:
+            raise UsageError("--workers-per-gpu needs --gpus-per-task G (at least 1)")
+        job = SlurmJob("", args.array, args.gpus_per_task, args.workers_per_gpu, args.cpus_per_task,
+                       args.partition, args.time)
+        return submit_slurm(args.target, job, url, args.dry_run)
+    _positive("--workers", args.workers)
+    _positive("--cpus-per-worker", args.cpus_per_worker)
+    if args.gpus_per_pod < 0:
+        raise UsageError(f"--gpus-per-pod={args.gpus_per_pod}: must be 0 (CPU) or more")
+    job = K8sJob("", args.workers, args.image, args.secret, args.gpus_per_pod, args.cpus_per_worker)
+    return submit_k8s(args.target, job, url, args.dry_run)
+
+# --- end of ablate submit -----------------------------------------------------------------------
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_run, _add_search, _add_worker, _add_status, _add_report, _add_data, _add_ui]
+    _add_train, _add_run, _add_search, _add_worker, _add_status, _add_report, _add_data, _add_ui, _add_submit]
 
 
 def _version() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -68,6 +69,18 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("train.device='cuda': no CUDA device is available; allowed here: auto, cpu")
     return torch.device(name)
+
+
+def device_label(name: str) -> str:
+    """Where a run of train.device=`name` trains, as its harness.device tag names it: 'cpu', or
+    'cuda:N' with N the GPU's number on its machine: a worker pinned with CUDA_VISIBLE_DEVICES=3
+    sees that GPU as cuda:0, and is labelled cuda:3, so workers on different GPUs read apart."""
+    device = pick_device(name)
+    if device.type != "cuda":
+        return device.type
+    index = device.index or 0
+    pinned = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return f"cuda:{pinned[index] if index < len(pinned) else index}"
 
 
 def prepare_data(cfg: Config) -> Dataset:

@@ -17,10 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core.config import build_config, flatten
 from harness.core.errors import UsageError
 from harness.studies.arms import create_arm_runs, set_study_view, write_arm_summaries
-from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, cell_status, enqueue_missing, first_owner,
+from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, aligned, cell_status, enqueue_missing, first_owner,
                                    pretrain_cell, retire_deleted_runs, trials_by_cell)
 from harness.studies.engine import (DataCache, RunPlan, create_parent_run, created_study, drive, find_study,
                                     name_objectives)
+from harness.studies.launch import Placement, visible_gpus
 from harness.studies.record import StudyRecord, read, write
 from harness.studies.spec import (PRETRAIN, AblationSpec, cell_config, join_key, load_spec, split_key, stage_seed,
                                   uses_pretrain)
@@ -253,28 +254,29 @@ def _changes(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "(the base config)"
 
 
-def run_ablation(spec_path: str, workers: int | None, storage_url: str | None, dry_run: bool,
+def run_ablation(spec_path: str, placement: Placement, storage_url: str | None, dry_run: bool,
                  allow_large: bool) -> int:
     from harness.tracking.storage import default_storage, open_storage
     from harness.tracking.store import init_store
 
     spec = load_spec(spec_path, allow_large=allow_large or dry_run)  # a dry run says when --yes is needed
+    placement.devices(visible_gpus())  # a --gpus this machine lacks stops before anything is written
     check_cells(spec)
     url = storage_url or default_storage()
     if dry_run:
         from harness.studies.plan import describe_plan
 
         print(describe(spec))
-        print(describe_plan(spec, url, workers, yes=allow_large))
+        print(describe_plan(spec, url, placement, yes=allow_large))
         return 0
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()
     print(describe(spec))
     study = create_ablation(spec, storage, url, client)
-    return run_cells(spec, study, url, client, workers)
+    return run_cells(spec, study, url, client, placement)
 
 
-def run_cells(spec: AblationSpec, study: optuna.Study, url: str, client: MlflowClient, workers: int | None) -> int:
+def run_cells(spec: AblationSpec, study: optuna.Study, url: str, client: MlflowClient, placement: Placement) -> int:
     """Run a created study's missing cells, print the cells, and once every cell is settled write
     the arm summaries and close the study's run. 0 when complete, 1 when cells did not finish."""
     from harness.core.paths import mlruns_dir
@@ -285,7 +287,7 @@ def run_cells(spec: AblationSpec, study: optuna.Study, url: str, client: MlflowC
     if todo == 0:
         print("every cell is already done; nothing to run")
     else:
-        drive(study, url, client, workers, todo, f"{todo} of {len(status)} cells", len(status),
+        drive(study, url, client, placement, todo, f"{todo} of {len(status)} cells", len(status),
               lambda: sum(1 for s in cell_status(study).values() if s in SETTLED),
               {a.config.train.threads for a in spec.arms})
     print(cells_table(study))
@@ -325,5 +327,4 @@ def cells_table(study: optuna.Study) -> str:
                      f"{attrs['best_val_loss']:.4f}" if "best_val_loss" in attrs else "-",
                      f"{attrs['final_gap']:.4f}" if "final_gap" in attrs else "-",
                      attrs.get("mlflow_run_id", "-")))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return aligned(rows)

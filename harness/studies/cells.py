@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from harness.studies.liveness import ATTR
 from harness.studies.record import StudyRecord, read
 from harness.studies.spec import PRETRAIN, join_key, split_key, stage_seed
 
@@ -172,6 +173,30 @@ def cell_status(study: optuna.Study) -> dict[str, str]:
                     "failed" if TrialState.FAIL in states else
                     "waiting" if pre is not None and out.get(pre) in ("waiting", "running") else "missing")
     return {key: out[key] for key in meta.cells}
+
+
+def cell_places(study: optuna.Study) -> dict[str, tuple[str, str]]:
+    """Each cell's (host, device) where its deciding trial ran: the COMPLETE one, else the
+    running one, else the latest that started; ('-', '-') for a cell no worker took yet. The
+    host is the worker's (harness.studies.liveness), the device its run's harness.device."""
+    out = {}
+    by_cell = trials_by_cell(study)
+    order = (TrialState.COMPLETE, TrialState.RUNNING)
+    for key in read(study).cells:
+        taken = [t for t in by_cell.get(key, []) if ATTR in t.system_attrs]
+        if not taken:
+            out[key] = ("-", "-")
+            continue
+        trial = min(taken, key=lambda t: (order.index(t.state) if t.state in order else len(order), -t.number))
+        out[key] = (trial.system_attrs[ATTR]["host"], trial.user_attrs.get("device", "-"))
+    return out
+
+
+def aligned(rows: list[tuple]) -> str:
+    """Rows as left-aligned columns (the first row the header): the cells tables of `ablate run`
+    and `ablate status --cells`."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def status_by_arm(study: optuna.Study) -> dict[str, dict[str, int]]:

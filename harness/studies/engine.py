@@ -32,9 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core.config import Config
 from harness.core.data import Dataset
 from harness.core.metrics import TRIAL_METRICS, Evaluation
-from harness.core.train import NonFiniteLoss, prepare_data
+from harness.core.train import NonFiniteLoss, device_label, prepare_data
 from harness.studies import _optuna
-from harness.studies.launch import default_workers, follow, layout, spawn_workers, threads_per_worker
+from harness.studies.launch import (Placement, follow, layout, on_gpus, spawn_workers, threads_per_worker,
+                                    visible_gpus)
 from harness.studies.liveness import Heartbeat, is_dead
 from harness.studies.record import read
 from harness.tracking.run import RunOutcome, run_tracked
@@ -226,6 +227,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat, strateg
     try:
         outcomes = []
         for plan in strategy.plan(study, trial):
+            trial.set_user_attr("device", device_label(plan.config.train.device))  # what `ablate status --cells` shows
             outcomes.append(run_tracked(
                 plan.config, client, meta.experiment, run_name=plan.run_name, parent_run_id=plan.parent_run_id,
                 tags={"harness.study": study.study_name, "optuna.trial_number": trial.number, **plan.tags},
@@ -340,17 +342,19 @@ def close_killed(client: MlflowClient, run_id: str, reason: str) -> None:
 
 # --- the driver ----------------------------------------------------------------------------------
 
-def drive(study: optuna.Study, url: str, client: MlflowClient, workers: int | None, todo: int, what: str,
+def drive(study: optuna.Study, url: str, client: MlflowClient, placement: Placement, todo: int, what: str,
           total: int, done: Callable[[], int], configured_threads: set[int | None]) -> None:
-    """Run `todo` trials of `study` with local worker processes (`ablate worker`), following
-    `done()` out of `total` until they exit. Ctrl-C stops them and reaps their trials at once
-    (`ablate status` shows them failed, and the next run replaces them)."""
+    """Run `todo` trials of `study` with local worker processes (`ablate worker`), placed on
+    this machine's GPUs or cores as `placement` says, following `done()` out of `total` until
+    they exit. Ctrl-C stops them and reaps their trials at once (`ablate status` shows them
+    failed, and the next run replaces them)."""
     from harness.core.paths import mlruns_dir
 
-    n = workers or default_workers(todo)
+    devices = placement.assign(todo, placement.devices(visible_gpus()))
+    n = len(devices)
     logs: Path = mlruns_dir() / "logs" / study.study_name
-    print(f"running {what} with {layout(n, configured_threads)}; logs in {logs}")
-    procs = spawn_workers(study.study_name, url, n, threads_per_worker(n), logs)
+    print(f"running {what} with {layout(n, configured_threads)}{on_gpus(devices)}; logs in {logs}")
+    procs = spawn_workers(study.study_name, url, n, threads_per_worker(n), logs, devices)
     codes = follow(procs, total, done, study.study_name, poll_s=min(2.0, POLL_S),
                    on_interrupt=lambda: reap_dead(study, client))
     if any(codes):

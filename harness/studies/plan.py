@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from harness.core.errors import UsageError
 from harness.core.config import Config
 from harness.studies.spec import LARGE_STUDY_CELLS, PRETRAIN, AblationSpec, cell_config, join_key, split_key
+
+if TYPE_CHECKING:
+    from harness.studies.launch import Placement
 
 CALIBRATION_FRACTION = 0.1
 """The share of the baseline's epochs trained to calibrate the estimate when nothing finished yet."""
@@ -73,11 +77,12 @@ def calibrate(label: str, full: Config, threads: int) -> Estimate:
                                           f"{took:.1f} s at {short.train.threads} thread(s)")
 
 
-def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes: bool) -> str:
-    """The dry run's lines after the arms table: done cells, the estimate (for `workers`, by
-    default one per core, as the run would start them), the --yes note."""
+def describe_plan(spec: AblationSpec, storage_url: str, placement: Placement, yes: bool) -> str:
+    """The dry run's lines after the arms table: done cells, the estimate (for the workers
+    `placement` starts: by default one per core, or packed on the GPUs, as the run would start
+    them), the --yes note."""
     from harness.studies.cells import SETTLED
-    from harness.studies.launch import default_workers, threads_per_worker
+    from harness.studies.launch import threads_per_worker, visible_gpus
 
     states, durations, unreadable = cell_states(spec, storage_url)
     lines = []
@@ -93,7 +98,7 @@ def describe_plan(spec: AblationSpec, storage_url: str, workers: int | None, yes
     pretrain = [key for key in todo if split_key(key)[0] == PRETRAIN]
     cells = [key for key in todo if key not in pretrain]
     if todo:
-        n = workers or default_workers(len(todo))
+        n = len(placement.assign(len(todo), placement.devices(visible_gpus())))
         wall = 0.0
         if pretrain:  # the stage runs first: its cells each take a worker
             first = cell_config(spec.pretrain.config, spec.pretrain_seeds[0])

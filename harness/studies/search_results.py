@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core.errors import UsageError
 from harness.studies.ablation import create_ablation, run_cells
 from harness.studies.engine import DataCache, drive, reap_dead
+from harness.studies.launch import Placement, visible_gpus
 from harness.studies.record import read
 from harness.studies.search import (counts_toward_total, create_search, finished_count, is_baseline, past_deadline,
                                     reserve, tag_baseline)
@@ -25,7 +26,7 @@ from harness.studies.search_space import SearchSpec, load_search_spec, space_con
 from harness.studies.spec import AblationSpec, Arm, cell_config, format_value
 
 
-def run_search(spec_path: str, trials: int | None, workers: int | None, storage_url: str | None,
+def run_search(spec_path: str, trials: int | None, placement: Placement, storage_url: str | None,
                timeout: float | None, importance: str) -> int:
     """Validate, create or reopen the study, run it to its total with local workers, then
     summarise, log the figures and run the confirmation. Returns the exit status: 0 when the
@@ -38,6 +39,7 @@ def run_search(spec_path: str, trials: int | None, workers: int | None, storage_
     target = _target(spec, trials)
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout={timeout:g}: allowed: a positive, finite number of seconds")
+    placement.devices(visible_gpus())  # a --gpus this machine lacks stops before anything is written
     _preflight(spec)
     url = storage_url or default_storage()
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
@@ -52,9 +54,9 @@ def run_search(spec_path: str, trials: int | None, workers: int | None, storage_
         print(f"the study already has its {target} trials; nothing to run")
     else:
         # On Ctrl-C the stopped workers' trials fail at once; a rerun replaces them.
-        drive(study, url, client, workers, todo, f"{todo} trial(s) to reach {target}", target,
+        drive(study, url, client, placement, todo, f"{todo} trial(s) to reach {target}", target,
               lambda: finished_count(study), {spec.base.train.threads})
-    return finish_search(study, spec, client, importance, workers, url, timed_out=past_deadline(study))
+    return finish_search(study, spec, client, importance, placement, url, timed_out=past_deadline(study))
 
 
 def _preflight(spec: SearchSpec) -> None:
@@ -100,7 +102,7 @@ def describe(spec: SearchSpec, target: int) -> str:
 
 
 def finish_search(study: optuna.Study, spec: SearchSpec, client: MlflowClient, importance: str,
-                  workers: int | None, url: str, timed_out: bool) -> int:
+                  placement: Placement, url: str, timed_out: bool) -> int:
     from harness.report.search import log_search_results, trials_table
 
     trials = study.get_trials(deepcopy=False)
@@ -125,7 +127,7 @@ def finish_search(study: optuna.Study, spec: SearchSpec, client: MlflowClient, i
         client.set_terminated(parent, status="FINISHED")
     print(f"search {spec.name} complete: ablate report {spec.name}   |   ablate ui --optuna")
     if spec.confirm is not None and complete:
-        return run_confirm(spec, study, client, workers, url)
+        return run_confirm(spec, study, client, placement, url)
     return 0 if complete else 1
 
 
@@ -191,7 +193,7 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (t.number not in front, t.values[0], t.number))
 
 
-def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, workers: int | None,
+def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, placement: Placement,
                 url: str) -> int:
     """Run the confirmation as the ablation study `<name>-confirm`; only missing cells run."""
     from harness.tracking.storage import open_storage
@@ -205,7 +207,7 @@ def run_confirm(spec: SearchSpec, study: optuna.Study, client: MlflowClient, wor
     client.set_tag(read(confirm).parent_run_id, "harness.objective_metric", spec.objective.names[0])
     print(f"confirmation {aspec.name}: {len(aspec.arms)} arms x {len(aspec.seeds)} fresh seeds "
           f"({', '.join(map(str, aspec.seeds))})")
-    code = run_cells(aspec, confirm, url, client, workers)
+    code = run_cells(aspec, confirm, url, client, placement)
     if code == 0:
         print(confirm_lines(confirm, spec, client))
     return code

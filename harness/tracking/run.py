@@ -21,7 +21,7 @@ from harness.core.errors import UsageError
 from harness.core.metrics import Evaluation
 from harness.tracking.store import (CHECKPOINT_ARTIFACT, RunTracker, local_artifact_dir, save_checkpoint_artifact,
                                     transfer_state)
-from harness.core.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, pick_device,
+from harness.core.train import (Hooks, Interrupted, NonFiniteLoss, TrainResult, build_model, device_label, pick_device,
                            prepare_data, train)
 
 
@@ -76,7 +76,8 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
                 "harness.seed": cfg.train.seed,
                 # Float results are bit-identical only at one intra-op thread count; reports say
                 # when a study's runs differ in it.
-                "harness.threads": cfg.train.threads or torch.get_num_threads(), **(tags or {})}
+                "harness.threads": cfg.train.threads or torch.get_num_threads(),
+                "harness.device": device_label(cfg.train.device), **(tags or {})}
     tracker = RunTracker.start(client, experiment, run_name, run_tags, cfg.flat(), parent_run_id)
     tracker.log_config(cfg.to_dict())
     if on_start:
