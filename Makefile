@@ -42,14 +42,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,dashboard]'
 	touch $@
 
-# PostgreSQL and Chromium for the service tests (Debian packages; needs root). Without them
-# those tests skip and say why.
+# PostgreSQL, Chromium, Slurm and munge for the service tests (Debian packages; needs root).
+# Without them those tests skip and say why.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium >/dev/null; \
+	  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null \
+	     || ! command -v slurmd >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium \
+	      slurmctld slurmd slurm-client munge >/dev/null; \
 	  fi; \
-	else echo "note: not root or no apt-get: PostgreSQL/Chromium tests skip unless installed"; fi
+	else echo "note: not root or no apt-get: PostgreSQL/Chromium/Slurm tests skip unless installed"; fi
 
 clean-demo:
 	rm -rf reports/quick

@@ -5,7 +5,8 @@ nothing of the machine's own /etc/slurm or /run/munge is touched: a munge daemon
 socket, slurmctld and slurmd as root, no cgroups (proctrack/linuxproc, task/none). Clients find
 the cluster through SLURM_CONF.
 
-`.ci/run` starts one (`python tests/slurm.py start $$`) and exports what it prints; the cluster
+`.ci/run` starts one (`python tests/slurm.py start $$`) and exports the slurm.conf it prints as
+ABLATE_TEST_SLURM_CONF; the cluster
 stops by itself when the process named exits (the CI script) (a watcher, so the CI script needs no
 trap of its own). Without it the `slurm_cluster` fixture starts its own when the binaries are
 installed and it runs as root, and the tests that need it skip otherwise.
@@ -128,9 +129,18 @@ class Cluster:
             except (OSError, ValueError):
                 continue
             deadline = time.time() + 15
-            while time.time() < deadline and Path(f"/proc/{pid}").exists():
+            while time.time() < deadline and alive(pid):
                 time.sleep(0.2)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def stop_when_gone(cluster: Cluster, pid: int) -> None:
@@ -141,7 +151,7 @@ def stop_when_gone(cluster: Cluster, pid: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    while Path(f"/proc/{pid}").exists():
+    while alive(pid):
         time.sleep(1)
     cluster.stop()
     os._exit(0)
@@ -149,9 +159,9 @@ def stop_when_gone(cluster: Cluster, pid: int) -> None:
 
 if __name__ == "__main__":
     # `python tests/slurm.py start PID` (CI): start a cluster that stops when process PID (the CI
-    # script) exits, and print the variables that point the tests and Slurm's clients at it.
+    # script) exits, and print its slurm.conf (for CONF_ENV; Slurm's clients take it as SLURM_CONF).
     if len(sys.argv) != 3 or sys.argv[1] != "start" or not sys.argv[2].isdigit():
         sys.exit("usage: python tests/slurm.py start PID  (the cluster stops when process PID exits)")
     cluster = Cluster()
     stop_when_gone(cluster, int(sys.argv[2]))
-    print(f"export SLURM_CONF={cluster.conf} {CONF_ENV}={cluster.conf}")
+    print(cluster.conf)

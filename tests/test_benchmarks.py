@@ -6,6 +6,7 @@ Nothing here times anything: speed is measured by the benchmarks themselves (ben
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from statistics import median
 import sys
@@ -100,3 +101,19 @@ def test_report_scale_quick(tmp_path: Path) -> None:
     data = run_benchmark("report_scale", tmp_path / "scale.json")
     assert data["runs"] == 12 and data["arms"] == 3 and data["evals"] == 5
     assert data["build_report_best_s"] > 0 and data["read_histories_s"] >= 0
+
+
+@pytest.mark.slow
+def test_gpu_study_cpu_smoke(tmp_path: Path) -> None:
+    """benchmarks/gpu_study.sh's Python part on CPU (the GPU run is a device check): it runs
+    ablate run with the worker flags, reads the trials' times and the study's devices."""
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_study.sh"), "--cpu-smoke"], cwd=ROOT,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu_study_smoke.json").read_text())
+    assert data["quick"] and not data["gpu"] and data["goal_s"] == 300
+    (row,) = data["sweep"]
+    assert (row["workers"], row["cells"], row["done"]) == (1, 2, 2) and row["cells_per_h"] > row["cells_per_h_wall"] > 0
+    study = data["study"]
+    assert study["finished"] and study["done"] == study["cells"] == 2 and study["devices"] == ["cpu"]
