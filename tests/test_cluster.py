@@ -209,6 +209,13 @@ def test_the_k8s_manifest_is_a_job_a_cluster_accepts(project, tiny, capsys, monk
     assert not (project / "mlruns").exists()
 
 
+@pytest.mark.parametrize("option", [["--partition", "gpu\nrm -rf ~"], ["--time", "1:00 --mem=1"]])
+def test_a_slurm_option_cannot_add_lines_to_the_script(project, tiny, capsys, option):
+    path = write_spec(project, tiny)
+    assert main(["submit", "slurm", str(path), "--array", "2", *option, "--dry-run"]) == 2
+    assert f"{option[0]} " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("engine", [["slurm", "--array", "2"], ["k8s", "--workers", "2", "--image", "x"]])
 def test_a_cluster_refuses_a_journal_storage(project, tiny, capsys, engine):
     path = write_spec(project, tiny)
@@ -288,6 +295,11 @@ def test_a_study_runs_on_slurm_and_a_cancelled_task_is_retried(project, tiny, po
     monkeypatch.setenv("ABLATE_POLL_S", "0.5")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import this tree
     path = write_spec(project, {**tiny, "train.epochs": 4}, seeds=(0, 1))
+    assert main(["submit", "slurm", str(path), "--array", "3", "--partition", "nope"]) == 2
+    assert "sbatch refused the job: " in capsys.readouterr().err
+    assert not (project / "mlruns").exists()  # checked with sbatch --test-only before the study exists
+    with pytest.raises(UsageError, match="holds no Optuna studies"):  # not even its tables
+        load_study("tiny", storage, create=False)
     assert main(["submit", "slurm", str(path), "--array", "3"]) == 0
     out = capsys.readouterr().out
     job = re.search(r"Slurm job (\d+), 3 array task\(s\)", out).group(1)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from harness.core.errors import UsageError
 from harness.core.paths import mlruns_dir, project_root
-from harness.studies.launch import MAX_WORKERS_PER_GPU
+from harness.studies.launch import workers_per_gpu
+from harness.studies.spec import AblationSpec, check_name, load_spec
 from harness.tracking.storage import STORAGE_ENV, load_study, open_storage
 from harness.tracking.store import tracking_uri
 from harness.tracking.uris import redact
@@ -47,6 +49,16 @@ class SlurmJob:
     cpus_per_task: int = 1
     partition: str | None = None
     time: str | None = None
+
+
+SLURM_VALUE = re.compile(r"[A-Za-z0-9_.,:+-]+")
+
+
+def check_slurm_value(option: str, value: str | None) -> None:
+    """A --partition or --time goes into an #SBATCH line: one word of Slurm's characters."""
+    if value is not None and not SLURM_VALUE.fullmatch(value):
+        raise UsageError(f"{option} {value!r}: allowed: letters, digits and _ . , : + - (as sbatch takes it, "
+                         f"e.g. --partition gpu, --time 2:00:00)")
 
 
 @dataclass(frozen=True)
@@ -74,33 +86,39 @@ def check_shared(url: str) -> None:
                          f"http://HOST:5000 (see docs/cluster.md)")
 
 
-def open_target(target: str, url: str, dry_run: bool) -> str:
-    """The study of SPEC_OR_STUDY: an ablation spec's study, created (or topped up) in `url`
-    unless `dry_run`; or the name of a study already there. Returns its name."""
+def resolve_target(target: str, url: str, dry_run: bool) -> tuple[str, AblationSpec | None]:
+    """SPEC_OR_STUDY, checked and nothing written: (the study's name, the ablation spec to
+    create it from), or (name, None) for the name of a study already in `url` (checked there
+    unless `dry_run`)."""
     from harness.core.config import read_yaml
+    from harness.studies.ablation import check_cells, describe
 
     path = Path(target)
     if not path.is_file():
         if path.suffix in (".yaml", ".yml"):
             raise UsageError(f"{target!r}: no such spec file; allowed: an ablation spec (experiments/NAME.yaml) "
                              f"or the name of a study in the storage")
+        check_name(target)  # it goes into the job's name and script
         if not dry_run:
             load_study(target, url, create=False)  # UsageError listing the studies there
-        return target
+        return target, None
     raw = read_yaml(target, what="spec")
     if isinstance(raw, dict) and "space" in raw:
         raise UsageError(f"{target!r} is a search spec: start it with ablate search {target} (its driver "
                          f"samples and confirms), then give its study name to ablate submit to add workers")
-    from harness.studies.ablation import check_cells, create_ablation, describe
-    from harness.studies.spec import load_spec
-    from harness.tracking.store import init_store
-
     spec = load_spec(target)
     check_cells(spec)
     print(describe(spec), file=sys.stderr)
-    if not dry_run:
+    return spec.name, spec
+
+
+def create(spec: AblationSpec | None, url: str) -> None:
+    """Create (or top up) the spec's study and its MLflow runs: the driver's part."""
+    from harness.studies.ablation import create_ablation
+    from harness.tracking.store import init_store
+
+    if spec is not None:
         create_ablation(spec, open_storage(url), url, init_store())
-    return spec.name
 
 
 # --- Slurm ----------------------------------------------------------------------------------------
@@ -129,7 +147,7 @@ def slurm_script(job: SlurmJob) -> str:
     if not job.gpus_per_task:
         lines.append(f"exec {worker} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\"")
         return "\n".join(lines) + "\n"
-    per_gpu = job.workers_per_gpu or min(MAX_WORKERS_PER_GPU, max(1, job.cpus_per_task // job.gpus_per_task))
+    per_gpu = job.workers_per_gpu or workers_per_gpu(job.gpus_per_task, job.cpus_per_task)
     lines += [
         "IFS=, read -ra gpus <<< \"${CUDA_VISIBLE_DEVICES:?Slurm gave this task no GPU}\"",
         f"per_gpu={per_gpu}",
@@ -147,30 +165,40 @@ def slurm_script(job: SlurmJob) -> str:
 def submit_slurm(target: str, job: SlurmJob, url: str, dry_run: bool) -> int:
     """Create the study, then sbatch the array (or print its script with `dry_run`, which
     writes nothing and needs neither store)."""
+    check_slurm_value("--partition", job.partition)
+    check_slurm_value("--time", job.time)
     if not dry_run:
         check_shared(url)
-    name = open_target(target, url, dry_run)
+        if shutil.which("sbatch") is None:  # before the study is created
+            raise UsageError("sbatch not found: run ablate submit slurm on a Slurm login node "
+                             "(or print the script with --dry-run)")
+    name, spec = resolve_target(target, url, dry_run)
     job = SlurmJob(**{**job.__dict__, "study": name})
     script = slurm_script(job)
     if dry_run:
         print(script, end="")
         return 0
-    (mlruns_dir() / "logs" / name).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, STORAGE_ENV: url, "MLFLOW_TRACKING_URI": tracking_uri()}
-    try:
-        out = subprocess.run(["sbatch", "--parsable"], input=script, env=env, capture_output=True, text=True,
-                             timeout=60)
-    except FileNotFoundError:
-        raise UsageError("sbatch not found: run ablate submit slurm on a Slurm login node "
-                         "(or print the script with --dry-run)") from None
-    if out.returncode != 0:
-        raise UsageError(f"sbatch refused the job: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-    job_id = out.stdout.strip().split(";")[0]
+    sbatch(script, env, test_only=True)  # a partition or time the cluster refuses stops here
+    create(spec, url)
+    (mlruns_dir() / "logs" / name).mkdir(parents=True, exist_ok=True)
+    job_id = sbatch(script, env).split(";")[0]
     print(f"submitted study {name}: Slurm job {job_id}, {job.array} array task(s)")
     print(f"  follow it: squeue -j {job_id}; ablate status {name}; logs in {mlruns_dir() / 'logs' / name}")
     print(f"  stop it: scancel {job_id} (a cancelled task's cell runs again in the next task or run)")
     print(f"  when it is done: ablate report {name}")
     return 0
+
+
+def sbatch(script: str, env: dict[str, str], test_only: bool = False) -> str:
+    """sbatch's answer for `script` (--parsable: the job id); UsageError with its reason when it
+    refuses. `test_only` checks the job against the cluster (partition, limits) and submits nothing."""
+    out = subprocess.run(["sbatch", "--test-only" if test_only else "--parsable"], input=script, env=env,
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        why = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise UsageError(f"sbatch refused the job: {why}")
+    return out.stdout.strip()
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -228,7 +256,9 @@ def submit_k8s(target: str, job: K8sJob, url: str, dry_run: bool) -> int:
     """Create the study (not with `dry_run`), then print the Job manifest for kubectl."""
     if not dry_run:
         check_shared(url)
-    name = open_target(target, url, dry_run)
+    name, spec = resolve_target(target, url, dry_run)
+    if not dry_run:
+        create(spec, url)
     print(k8s_manifest(K8sJob(**{**job.__dict__, "study": name})), end="")
     if not dry_run:
         print(f"study {name} is ready; apply the manifest above: ablate submit k8s ... | kubectl apply -f -",
