@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--resume takes the config from the checkpoint; drop --config and --set")
     check_experiment_name(args.experiment)
     cfg = None if args.resume else load_config(args.config, parse_set_args(args.overrides))
-    data = None if cfg is None else preflight(cfg)  # bad input stops before the store is touched
+    prepared = None if cfg is None else preflight(cfg)  # bad input stops before the store is touched
     # A run to resume is read first: a store that does not exist holds no run, and is not created.
     client = read_store(f"--resume {args.resume!r}") if args.resume else init_store()
     try:
@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             tags = {"harness.arm": args.arm} if args.arm else {}
             outcome = run_tracked(cfg, client, args.experiment, run_name=args.name, tags=tags,
-                                  progress=not args.quiet, dataset=data)
+                                  progress=not args.quiet, prepared=prepared)
             experiment = args.experiment
     except NonFiniteLoss as exc:
         print(f"ablate: run failed: {exc}", file=sys.stderr)
@@ -234,7 +234,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from harness.studies.worker import run_worker
 
     _positive("--threads", args.threads)
-    trained = run_worker(args.study, args.storage or default_storage(), args.threads)
+    trained = run_worker(args.study, default_storage(args.storage), args.threads)
     print(f"worker done: {trained} trial(s) trained")
     return 0
 
@@ -287,7 +287,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from harness.studies.cluster import K8sJob, SlurmJob, submit_k8s, submit_slurm
     from harness.tracking.storage import default_storage
 
-    url = args.storage or default_storage()
+    url = default_storage(args.storage)
     if args.engine == "slurm":
         _positive("--array", args.array)
         _positive("--cpus-per-task", args.cpus_per_task)

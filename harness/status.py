@@ -16,7 +16,7 @@ def print_status(name: str, storage_url: str | None, cells: bool = False) -> int
     """Cells per arm and state (an ablation), or trials per state (a search): read-only, and
     fast to start (Optuna alone: no torch, no MLflow). `cells` adds one line per cell (an
     ablation) or trial (a search): its state and the host and device it ran on."""
-    study = load_study(name, storage_url or default_storage(), create=False)
+    study = load_study(name, default_storage(storage_url), create=False)
     if read(study).type != "ablation":
         by_state: dict[str, int] = {}
         for trial in study.get_trials(deepcopy=False):

@@ -64,7 +64,7 @@ def serve(host: str, port: int, optuna: bool = False, storage: str | None = None
     env = dict(os.environ)
     commands = []
     if optuna:
-        url = storage or default_storage()
+        url = default_storage(storage)
         # A bad storage is one line here, not a traceback in the server's log; a journal named
         # with --storage must exist (only the project's own is created, for a fresh project).
         open_storage(url, create=storage is None)

@@ -117,6 +117,23 @@ def test_transfer_from_an_mlflow_run(project, tiny, small_corpus):
     assert len(runs(client)) == 2  # the refused configs created no run
 
 
+def test_ablate_train_from_an_mlflow_run_downloads_its_checkpoint_once(project, tiny, monkeypatch):
+    """The preflight's checkpoint is the one training starts from: one download, one load."""
+    client = init_store()
+    source = run_tracked(build_config({}, {**tiny, "train.save_checkpoint": True}), client, "train")
+    real = mlflow.artifacts.download_artifacts
+    downloads = []
+
+    def counted(*args, **kwargs):
+        downloads.append(kwargs.get("artifact_path"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counted)
+    sets = [f"{k}={v}" for k, v in {**tiny, "train.epochs": 1, "transfer.init_from": f"runs:/{source.run_id}"}.items()]
+    assert main(["train", "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert downloads == ["checkpoint/last.pt"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "model.dropuot=0.2"], "unknown key 'model.dropuot' (did you mean 'model.dropout'?)"),
     (["--set", "model.dropout=1.5"], "model.dropout=1.5"),

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -114,11 +114,12 @@ class PlateauSchedule(_ScheduleBase):
     threshold: float = Field(default=1e-4, ge=0)
 
 
-Schedule = Annotated[
-    Union[ConstantSchedule, StepSchedule, CosineSchedule, PlateauSchedule],
-    Field(discriminator="name"),
-]
-SCHEDULES = ("constant", "step", "cosine", "plateau")
+SCHEDULE_MODELS: dict[str, type[_ScheduleBase]] = {
+    get_args(model.model_fields["name"].annotation)[0]: model
+    for model in (ConstantSchedule, StepSchedule, CosineSchedule, PlateauSchedule)}
+"""The schedulers by `schedule.name`: the one list a new scheduler is added to."""
+SCHEDULES = tuple(SCHEDULE_MODELS)
+Schedule = Annotated[Union[tuple(SCHEDULE_MODELS.values())], Field(discriminator="name")]
 
 
 class AugmentConfig(_Section):
@@ -218,7 +219,7 @@ def valid_keys() -> list[str]:
             ann = field.annotation
             subs = [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
             if name == "schedule":
-                subs = [ConstantSchedule, StepSchedule, CosineSchedule, PlateauSchedule]
+                subs = list(SCHEDULE_MODELS.values())
             if subs:
                 for sub in subs:
                     walk(sub, f"{prefix}{name}.")
@@ -323,6 +324,24 @@ def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] |
         raise UsageError(where + describe_error(exc, tree)) from None
 
 
+def stored_config(tree: dict[str, Any], what: str) -> Config:
+    """A recipe stored by this or an earlier release (a study record, a run's config.yaml), read
+    under today's schema, which is what stored recipes are compared by.
+
+    A key added since the recipe was stored takes its default, so an old recipe and today's
+    spelling of it give the same Config and the same hash: a release that grows the schema
+    leaves every stored study, fingerprint and pretraining run matching (docs/tracking.md,
+    "Schema growth", states the rule a new key must follow). A stored recipe that today's schema
+    refuses (a key removed or renamed) is one UsageError naming `what`.
+    """
+    try:
+        return build_config(tree)
+    except UsageError as exc:
+        raise UsageError(f"{what} was stored by another release of ablate and is not a valid recipe "
+                         f"in this one ({exc}); finish it with the release that started it, or give "
+                         f"the study a new name") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     tree: Any = {}
     if path is not None:
@@ -358,8 +377,7 @@ def describe_error(exc: ValidationError, tree: dict[str, Any]) -> str:
                          if k.rsplit(".", 1)[0] == section) if section else sorted(Config.model_fields)
         if section == "schedule":
             name = _lookup(tree, ("schedule", "name")) or "constant"
-            model = {"constant": ConstantSchedule, "step": StepSchedule, "cosine": CosineSchedule,
-                     "plateau": PlateauSchedule}.get(name, ConstantSchedule)
+            model = SCHEDULE_MODELS.get(name, ConstantSchedule)
             allowed = sorted(model.model_fields)
             return f"unknown key {key!r} for schedule {name!r}{hint}; allowed: {', '.join(allowed)}"
         return f"unknown key {key!r}{hint}; allowed: {', '.join(allowed)}"

@@ -14,7 +14,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.config import build_config, flatten
+from harness.core.config import build_config, stored_config
 from harness.core.errors import UsageError
 from harness.studies.arms import create_arm_runs, set_study_view, write_arm_summaries
 from harness.studies.cells import (DIVERGED_ATTEMPTS, SETTLED, aligned, cell_status, enqueue_missing, first_owner,
@@ -80,11 +80,15 @@ def pretrain_run(study: optuna.Study, key: str) -> str:
 def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec, merged: StudyRecord) -> None:
     """An arm label that now means a different config would silently mix two recipes; so would
     cells that fine-tune from another pretraining than the one their study had (`merged`: the
-    record with what `spec` adds)."""
+    record with what `spec` adds). Stored recipes are compared under today's schema
+    (stored_config): a key added since the study ran, at its default, changes nothing."""
     for arm in spec.arms:
         before = meta.arms.get(arm.label)
-        if before is not None and before["hash"] != arm.config.hash():
-            was, now = flatten(before["config"]), arm.config.flat()
+        if before is None:
+            continue
+        stored = stored_config(before["config"], f"arm {arm.label!r} of study {spec.name!r}")
+        if stored.hash() != arm.config.hash():
+            was, now = stored.flat(), arm.config.flat()
             changed = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
                        if was.get(k) != now.get(k)]
             raise UsageError(
@@ -100,10 +104,11 @@ def check_spec_unchanged(meta: StudyRecord, spec: AblationSpec, merged: StudyRec
 
 
 def _stage(meta: StudyRecord, seeds: list[int]) -> tuple[str, bool, list[int]]:
-    """The pretraining stage of the record `meta` for the cells of `seeds`: its recipe's hash,
-    per_seed, and the seeds of the pretraining runs those cells fine-tune from."""
+    """The pretraining stage of the record `meta` for the cells of `seeds`: its recipe's hash
+    (under today's schema), per_seed, and the seeds of the pretraining runs those cells fine-tune from."""
     per_seed = meta.pretrain["per_seed"]
-    return meta.pretrain["hash"], per_seed, sorted({stage_seed(s, meta.seeds, per_seed) for s in seeds})
+    recipe = stored_config(meta.pretrain["config"], f"the pretraining stage of study {meta.experiment!r}")
+    return recipe.hash(), per_seed, sorted({stage_seed(s, meta.seeds, per_seed) for s in seeds})
 
 
 def _record(spec: AblationSpec, parent: str, previous: StudyRecord | None) -> StudyRecord:
@@ -168,10 +173,10 @@ def create_ablation(spec: AblationSpec, storage: optuna.storages.BaseStorage, st
 
 def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
     """A pretraining cell not yet done adopts a finished pretraining run of exactly its recipe
-    (same config hash, seed included) from any study of the project, so nothing is pretrained
-    twice: the cell gets a COMPLETE trial naming that run (user attribute `reused`). A run whose
-    checkpoint artifact is gone (deleted by hand) is passed over: its dependents could not load
-    it. Returns the run ids adopted."""
+    (same config under today's schema, seed included) from any study of the project, so nothing
+    is pretrained twice: the cell gets a COMPLETE trial naming that run (user attribute `reused`).
+    A run whose checkpoint artifact is gone (deleted by hand) is passed over: its dependents could
+    not load it. Returns the run ids adopted."""
     from optuna.trial import create_trial
 
     from harness.tracking.store import has_checkpoint
@@ -180,11 +185,12 @@ def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
     if meta.pretrain is None:
         return []
     by_cell = trials_by_cell(study)
+    recipe = stored_config(meta.pretrain["config"], f"the pretraining stage of study {meta.experiment!r}")
     todo = {}
     for key in meta.cells:
         arm, seed = split_key(key)
         if arm == PRETRAIN and not any(t.state == TrialState.COMPLETE for t in by_cell.get(key, [])):
-            todo[cell_config(build_config(meta.pretrain["config"]), seed).hash()] = (key, seed)
+            todo[cell_config(recipe, seed).hash()] = (key, seed)
     if not todo:
         return []
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -192,10 +198,10 @@ def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
                                order_by=["attributes.start_time ASC"])
     adopted = []
     for run in found:
-        key, seed = todo.get(run.data.tags.get("harness.config_hash"), (None, None))
-        if key is None or not has_checkpoint(client, run.info.run_id):
+        digest = _hash_today(client, run, todo)
+        if digest is None or not has_checkpoint(client, run.info.run_id):
             continue
-        del todo[run.data.tags["harness.config_hash"]]
+        key, seed = todo.pop(digest)
         metrics = run.data.metrics
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=metrics.get("best_val_loss", float("nan")),
                                      user_attrs={"arm": PRETRAIN, "seed": seed, "mlflow_run_id": run.info.run_id,
@@ -203,6 +209,28 @@ def reuse_pretraining(study: optuna.Study, client: MlflowClient) -> list[str]:
                                                                     if k in metrics}}))
         adopted.append(run.info.run_id)
     return adopted
+
+
+def _hash_today(client: MlflowClient, run: Any, wanted: dict[str, Any]) -> str | None:
+    """The hash of `run`'s config under today's schema when it is one of `wanted`, else None.
+
+    Its harness.config_hash tag is the hash under the schema it trained with: equal to a wanted
+    hash, the recipes are equal. Otherwise a run trained before the schema grew may still be the
+    same recipe: its logged config.yaml is read under today's schema (stored_config); a run whose
+    config cannot be read or no longer validates is not reused.
+    """
+    from harness.tracking.store import logged_config
+
+    if run.data.tags.get("harness.config_hash") in wanted:
+        return run.data.tags["harness.config_hash"]
+    tree = logged_config(client, run.info.run_id)
+    if tree is None:
+        return None
+    try:
+        digest = stored_config(tree, f"pretraining run {run.info.run_id}").hash()
+    except UsageError:
+        return None
+    return digest if digest in wanted else None
 
 
 # --- `ablate run` ---------------------------------------------------------------------------------
@@ -262,7 +290,7 @@ def run_ablation(spec_path: str, placement: Placement, storage_url: str | None, 
     spec = load_spec(spec_path, allow_large=allow_large or dry_run)  # a dry run says when --yes is needed
     placement.devices(visible_gpus())  # a --gpus this machine lacks stops before anything is written
     check_cells(spec)
-    url = storage_url or default_storage()
+    url = default_storage(storage_url)
     if dry_run:
         from harness.studies.plan import describe_plan
 

@@ -38,7 +38,7 @@ from harness.studies.launch import (Placement, follow, layout, on_gpus, spawn_wo
                                     visible_gpus)
 from harness.studies.liveness import Heartbeat, is_dead
 from harness.studies.record import read
-from harness.tracking.run import RunOutcome, run_tracked
+from harness.tracking.run import RunOutcome, preflight, run_tracked
 
 POLL_S = float(os.environ.get("ABLATE_POLL_S", "2"))
 STALE = "trial was reaped as stale while it ran"
@@ -231,7 +231,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, beat: Heartbeat, strateg
             outcomes.append(run_tracked(
                 plan.config, client, meta.experiment, run_name=plan.run_name, parent_run_id=plan.parent_run_id,
                 tags={"harness.study": study.study_name, "optuna.trial_number": trial.number, **plan.tags},
-                on_start=started, should_stop=plan.should_stop, dataset=data.get(plan.config)))
+                on_start=started, should_stop=plan.should_stop, prepared=preflight(plan.config, data.get(plan.config))))
             if outcomes[-1].status == "KILLED":
                 break
     except KeyboardInterrupt:

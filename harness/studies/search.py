@@ -177,7 +177,7 @@ def create_search(spec: SearchSpec, storage: optuna.storages.BaseStorage, storag
         old = read(study)
         if old.type != "search":
             raise UsageError(f"study {spec.name!r} exists and is a {old.type}, not a search; rename the spec")
-        changed = [k for k, v in fingerprint.items() if old.fingerprint.get(k) != v]
+        changed = spec.changed_since(old.fingerprint or {})
         if changed:
             raise UsageError(f"the spec of study {spec.name!r} changed since it ran ({', '.join(changed)} "
                              f"differ); give the study a new name (name: {spec.name}-v2) to search the new "

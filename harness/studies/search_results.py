@@ -41,7 +41,7 @@ def run_search(spec_path: str, trials: int | None, placement: Placement, storage
         raise UsageError(f"--timeout={timeout:g}: allowed: a positive, finite number of seconds")
     placement.devices(visible_gpus())  # a --gpus this machine lacks stops before anything is written
     _preflight(spec)
-    url = storage_url or default_storage()
+    url = default_storage(storage_url)
     storage = open_storage(url)  # a storage that does not answer stops before the plan is printed
     client = init_store()
     print(describe(spec, target))

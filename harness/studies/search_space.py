@@ -19,8 +19,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 
-from harness.core.config import (Config, ConstantSchedule, CosineSchedule, PlateauSchedule, StepSchedule,
-                            build_config, read_yaml, set_dotted)
+from harness.core.config import SCHEDULE_MODELS, Config, build_config, read_yaml, set_dotted, stored_config
 from harness.core.errors import UsageError
 from harness.core.metrics import SUMMARY_AT
 from harness.studies.spec import check_name, check_path, check_seeds, format_value
@@ -38,8 +37,8 @@ SAMPLER_OPTIONS = {"tpe": ("seed", "n_startup_trials"), "random": ("seed",), "gr
                    "nsga2": ("seed", "population_size")}
 PRUNER_OPTIONS = {"median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
                   "hyperband": ("min_resource", "max_resource", "reduction_factor"), "none": ()}
-SCHEDULE_MODELS = {"constant": ConstantSchedule, "step": StepSchedule, "cosine": CosineSchedule,
-                   "plateau": PlateauSchedule}
+FINGERPRINT_RECIPES = ("base", "baseline")
+"""The fingerprint's entries that are recipes (Config.to_dict()), compared under today's schema."""
 CONFIRM_SEED_START = 1000
 """Confirmation seeds start here, far from the search's 0..k-1, so they are fresh."""
 
@@ -198,6 +197,17 @@ class SearchSpec:
                 "sampler": [self.sampler.name, self.sampler.options],
                 "pruner": [self.pruner.name, self.pruner.options], "seeds": list(self.seeds),
                 "space": self.raw.get("space"), "baseline": self.baseline.to_dict()}
+
+    def changed_since(self, stored: dict[str, Any]) -> list[str]:
+        """The fingerprint's keys that differ from the `stored` one (a study's record). Its recipes
+        (base, baseline) are compared under today's schema (stored_config): a key added since the
+        study ran, at its default, changes nothing."""
+        stored = dict(stored)
+        for key in FINGERPRINT_RECIPES:
+            if isinstance(stored.get(key), dict):
+                stored[key] = stored_config(stored[key], f"the {key} recipe of search {self.name!r}").to_dict()
+        now = json.loads(json.dumps(self.fingerprint()))  # as the storage gives it back
+        return [k for k, v in now.items() if stored.get(k) != v]
 
     def make_sampler(self, seed_offset: int = 0) -> BaseSampler:
         """A fresh sampler. A seeded spec seeds it with seed + `seed_offset` (the trial number):

@@ -33,7 +33,15 @@ class RunOutcome:
     result: TrainResult
 
 
-def preflight(cfg: Config, dataset: Dataset | None = None) -> Dataset:
+@dataclass
+class Prepared:
+    """What preflight read for a run, handed on to its training so nothing is read twice."""
+    data: Dataset
+    init_state: dict[str, Any] | None
+    """The checkpoint a `runs:/` transfer.init_from names (downloaded and loaded once), else None."""
+
+
+def preflight(cfg: Config, dataset: Dataset | None = None) -> Prepared:
     """Everything that can reject the config, done before a run exists in the store.
 
     The ranges are the config's own; here: the corpus and its split, the device, the sample
@@ -44,9 +52,9 @@ def preflight(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     data = dataset or prepare_data(cfg)
     pick_device(cfg.train.device)
     check_prompt(cfg, data)
-    # shape and transfer errors surface here
-    build_model(cfg, len(data.vocab), transfer_state(cfg.transfer.init_from))
-    return data
+    init_state = transfer_state(cfg.transfer.init_from)
+    build_model(cfg, len(data.vocab), init_state)  # shape and transfer errors surface here
+    return Prepared(data, init_state)
 
 
 def check_prompt(cfg: Config, data: Dataset) -> None:
@@ -66,12 +74,13 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
                 tags: dict[str, Any] | None = None, parent_run_id: str | None = None,
                 should_stop: Callable[[Evaluation], str | None] | None = None,
                 on_start: Callable[[str], None] | None = None,
-                progress: bool = False, dataset: Dataset | None = None) -> RunOutcome:
+                progress: bool = False, prepared: Prepared | None = None) -> RunOutcome:
     """Train `cfg` as one MLflow run. Re-raises training errors after closing the run FAILED.
 
-    `on_start(run_id)` is called once the run exists (a trial records its run id there).
+    `on_start(run_id)` is called once the run exists (a trial records its run id there);
+    `prepared` is `cfg`'s preflight when the caller has done it.
     """
-    data = dataset or preflight(cfg)
+    prepared = prepared or preflight(cfg)
     run_tags = {"harness.config_hash": cfg.hash(), "harness.recipe_hash": cfg.recipe_hash(),
                 "harness.seed": cfg.train.seed,
                 # Float results are bit-identical only at one intra-op thread count; reports say
@@ -82,7 +91,7 @@ def run_tracked(cfg: Config, client: MlflowClient, experiment: str, *, run_name:
     tracker.log_config(cfg.to_dict())
     if on_start:
         on_start(tracker.run_id)
-    return _train_and_close(cfg, tracker, data, should_stop, progress, resume=None)
+    return _train_and_close(cfg, tracker, prepared, should_stop, progress, resume=None)
 
 
 def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) -> RunOutcome:
@@ -105,18 +114,18 @@ def resume_tracked(client: MlflowClient, run_id: str, progress: bool = False) ->
     from harness.core.config import build_config
 
     cfg = build_config(state["config"])
-    data = preflight(cfg)
+    prepared = preflight(cfg)
     tracker = RunTracker.resume(client, run_id)
-    return _train_and_close(cfg, tracker, data, None, progress, resume=state)
+    return _train_and_close(cfg, tracker, prepared, None, progress, resume=state)
 
 
-def _train_and_close(cfg: Config, tracker: RunTracker, data: Dataset,
+def _train_and_close(cfg: Config, tracker: RunTracker, prepared: Prepared,
                      should_stop: Callable[[Evaluation], str | None] | None, progress: bool,
                      resume: dict[str, Any] | None) -> RunOutcome:
     hooks = Hooks(on_eval=tracker.log_eval, should_stop=should_stop)
     try:
-        result = train(cfg, hooks, resume=resume, progress=progress, dataset=data,
-                       init_state=transfer_state(cfg.transfer.init_from))
+        result = train(cfg, hooks, resume=resume, progress=progress, dataset=prepared.data,
+                       init_state=prepared.init_state)
     except Interrupted as stop:
         if stop.checkpoint is not None:
             save_checkpoint_artifact(tracker, stop.checkpoint)

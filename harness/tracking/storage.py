@@ -32,8 +32,10 @@ their command line, where `ps` shows a password to every user), and how a user k
 out of their own shell history."""
 
 
-def default_storage() -> str:
-    return os.environ.get(STORAGE_ENV) or f"journal:{mlruns_dir() / 'optuna.journal'}"
+def default_storage(given: str | None = None) -> str:
+    """The storage a command uses: `given` (its --storage) when set, else $ABLATE_STORAGE, else
+    the project's journal. Every command resolves it here."""
+    return given or os.environ.get(STORAGE_ENV) or f"journal:{mlruns_dir() / 'optuna.journal'}"
 
 
 def open_storage(url: str, create: bool = True) -> BaseStorage:

@@ -215,7 +215,7 @@ class RunTracker:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def log_config(self, config: dict[str, Any]) -> None:
-        self.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        self.log_text(yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
@@ -239,6 +239,21 @@ def _param_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
     return str(value)
+
+
+CONFIG_ARTIFACT = "config.yaml"
+"""The run's resolved config, as it trained (the schema of the release that ran it)."""
+
+
+def logged_config(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The config a run logged (CONFIG_ARTIFACT), or None when it has none or it is not a mapping."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except Exception:  # no such artifact, an unreadable store or file: nothing to compare
+            return None
+    return tree if isinstance(tree, dict) else None
 
 
 CHECKPOINT_ARTIFACT = "checkpoint/last.pt"
