@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,11 +57,23 @@ class Cluster:
         return f"postgresql+psycopg2://ablate@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"])
-        shutil.rmtree(self.dir, ignore_errors=True)
+        stop_cluster(self.dir)
+
+
+def stop_cluster(folder: Path) -> None:
+    """Stop the server of the cluster in `folder` (a Cluster's dir) and remove its files."""
+    bindir = server_bin()
+    if bindir is not None and (folder / "data" / "postmaster.pid").exists():
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"]),
+                       check=True, capture_output=True, timeout=120)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    # `python tests/postgres.py` starts a server for CI and prints its admin URL.
-    cluster = Cluster()
-    print(f"postgresql+psycopg2://ablate@127.0.0.1:{cluster.port}/postgres")
+    # `python tests/postgres.py` starts a server for CI and prints its admin URL and its folder;
+    # `python tests/postgres.py stop FOLDER` stops it (.ci/run does, however the suite ends).
+    if sys.argv[1:2] == ["stop"]:
+        stop_cluster(Path(sys.argv[2]))
+    else:
+        cluster = Cluster()
+        print(f"postgresql+psycopg2://ablate@127.0.0.1:{cluster.port}/postgres {cluster.dir}")
