@@ -35,11 +35,13 @@ mutation: $(STAMP)
 
 # torch first, pinned: its CPU build lies on this kind of machine, and an unpinned torch would
 # pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Everything else at the versions of constraints.txt (pip freeze of a working install): a fresh
+# machine gets what CI tested.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,dashboard]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,dashboard]'
 	touch $@
 
 # PostgreSQL, Chromium, Slurm and munge for the service tests (Debian packages; needs root).
