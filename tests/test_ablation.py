@@ -344,6 +344,36 @@ def test_a_dead_but_unreaped_worker_counts_as_dead():
     assert child.wait() == -signal.SIGKILL
 
 
+def test_a_live_worker_on_a_host_without_proc_is_alive(monkeypatch):
+    """Same-host liveness does not read Linux's /proc itself: with it unreadable to the module (as
+    on macOS), a live worker is alive and a dead one dead; a reused pid is told apart."""
+    from types import SimpleNamespace
+
+    from harness.studies import liveness
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(liveness, "open", no_proc, raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        def trial(pid, start):
+            return SimpleNamespace(system_attrs={liveness.ATTR: {"host": socket.gethostname(), "pid": pid,
+                                                                 "start": start}}, datetime_start=None)
+
+        start = liveness.process_start(alive.pid)
+        assert start is not None
+        assert liveness.is_dead(trial(alive.pid, start)) is None
+        assert "is gone" in liveness.is_dead(trial(dead.pid, None))
+        assert "is gone" in liveness.is_dead(trial(alive.pid, "1.000"))  # same pid, another process
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_reaping_closes_the_run_a_dead_worker_never_named(project, tiny):
     """A worker killed after creating its MLflow run but before writing the run id on its trial
     leaves a RUNNING run that only its tags tie to the trial: reaping closes it as KILLED."""

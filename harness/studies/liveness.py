@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import psutil
 
 from harness.studies import _optuna
 
@@ -26,18 +27,16 @@ ATTR = "harness.worker"
 
 
 def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (tells a reused pid from the
-    original), or None when the process is gone or a zombie (dead, not yet reaped)."""
+    """The process's creation time (tells a reused pid from the original), or None when the
+    process is gone or a zombie (dead, not yet reaped). psutil reads it on every platform
+    (Linux's /proc, macOS's and the BSDs' sysctl, Windows' API)."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            # Fields 3 (state) and 22 (start time), counted after the parenthesised command
-            # name, which may hold spaces.
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return f"{proc.create_time():.3f}"
+    except psutil.Error:  # gone, or not ours to inspect (another user's pid reused: not our worker)
         return None
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
 
 
 @dataclass(frozen=True)
