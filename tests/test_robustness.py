@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -249,6 +250,43 @@ def test_ctrl_c_of_ablate_run_closes_the_running_cells(project: Path, tiny: dict
     header = done.stdout.splitlines()[0].split()
     total = next(line.split() for line in done.stdout.splitlines() if line.startswith("total"))
     assert total[header.index("running")] == "0" and total[header.index("failed")] == "2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, sig", [("run", signal.SIGTERM), ("search", signal.SIGHUP)])
+def test_sigterm_or_sighup_to_the_driver_stops_its_workers_like_ctrl_c(project: Path, tiny: dict, command: str,
+                                                                      sig: int) -> None:
+    """What a scheduler, a container stop or `kill PID` sends (SIGTERM), or a closed terminal
+    (SIGHUP), reaches the driver alone: it stops its workers and closes their trials and runs."""
+    path = write_spec(project, tiny, name="stop", base={"train": {"epochs": 400}})
+    if command == "search":
+        spec = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({"name": "stop", "base": spec["base"], "trials": 4, "pruner": {"name": "none"},
+                                        "space": {"model.dropout": {"float": [0.0, 0.3]}}}))
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", command, str(path), "--workers", "2"],
+                              cwd=project, env={**os.environ, "ABLATE_HOME": str(project)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    claimed: list = []
+    while len(claimed) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = load_study("stop", default_storage(), create=False).get_trials(states=(TrialState.RUNNING,))
+        except UsageError:
+            continue
+        claimed = [t for t in trials if "harness.worker" in t.system_attrs and "mlflow_run_id" in t.user_attrs]
+    assert len(claimed) == 2, "the workers never started training"
+    driver.send_signal(sig)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out
+    for trial in claimed:  # the workers are gone, not training on
+        assert not psutil.pid_exists(trial.system_attrs["harness.worker"]["pid"])
+    study = load_study("stop", default_storage())
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+    client = MlflowClient(mlflow.get_tracking_uri())
+    for trial in claimed:
+        assert study.trials[trial.number].state == TrialState.FAIL
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
 # --- (b) a dead storage through the CLI ------------------------------------------------------------

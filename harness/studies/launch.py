@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -146,10 +147,13 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
            poll_s: float = 2.0, on_interrupt: Callable[[], object] | None = None) -> list[int]:
     """A progress bar over `done()` until every worker exits; returns their exit codes.
 
-    Ctrl-C stops the workers, then calls `on_interrupt` (the drivers reap the stopped workers'
+    Ctrl-C, SIGTERM or SIGHUP stops the workers, then calls `on_interrupt` (the drivers reap the stopped workers'
     trials there, so `ablate status` shows them failed at once, not running until the next run).
     """
     bar = tqdm(total=total, desc=label, unit="run", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    # SIGTERM (a scheduler, a container stop, `kill PID`) and SIGHUP (the terminal closed) stop the
+    # study like Ctrl-C: without this the driver died and left its workers training on.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
         # Poll every worker each round (no short-circuit): polling reaps an exited worker, and
         # an unreaped one stays a zombie that its peers would take for alive.
@@ -168,5 +172,14 @@ def follow(procs: list[subprocess.Popen], total: int, done: Callable[[], int], l
             on_interrupt()
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         bar.close()
     return [p.returncode for p in procs]
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
