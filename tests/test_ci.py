@@ -23,6 +23,8 @@ def test_ci_stops_its_postgresql_when_the_suite_fails(tmp_path):
     (tmp_path / "tests").mkdir()
     shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     shutil.copy(REPO / "tests" / "postgres.py", tmp_path / "tests" / "postgres.py")
+    # The Slurm cluster is not what this test checks (it stops itself when .ci/run exits).
+    (tmp_path / "tests" / "slurm.py").write_text("print('/nonexistent/slurm.conf')\n")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
     shims = tmp_path / "shims"
