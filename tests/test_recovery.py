@@ -73,7 +73,7 @@ def test_a_local_worker_is_judged_by_its_process_not_its_heartbeat():
     assert me.start is not None and me.start == process_start(os.getpid())
     alive = running_trial({ATTR: me.as_attr(), "harness.heartbeat": 0.0})
     assert is_dead(alive, now=time.time()) is None
-    reused = running_trial({ATTR: {**me.as_attr(), "start": str(int(me.start) + 1)}, "harness.heartbeat": time.time()})
+    reused = running_trial({ATTR: {**me.as_attr(), "start": f"{float(me.start) + 1:.3f}"}, "harness.heartbeat": time.time()})
     assert f"worker pid {me.pid} on {me.host} is gone" == is_dead(reused)
 
 
